@@ -1,0 +1,5 @@
+"""`python -m batchrun` is the `batchrun` command."""
+
+from .cli import main
+
+main()

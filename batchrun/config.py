@@ -1,0 +1,126 @@
+"""RunConfig: every knob of a run in one frozen object, validated once.
+
+The CLI builds it from flags; library users build it directly. Nothing here reads the
+API key: the config names the environment variable, the client reads it at the last
+moment, so a config can be printed or hashed without leaking anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_BASE_URL", "RetryConfig", "RunConfig", "Timeouts", "default_outdir"]
+
+DEFAULT_BASE_URL = "https://api.mistral.ai"
+DEFAULT_API_KEY_ENV = "MISTRAL_API_KEY"
+CHAT_PATH = "/v1/chat/completions"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. `read` bounds a whole non-streamed reply's wait between bytes; for a
+    stream, `stream_idle` bounds the silence between two events."""
+
+    connect: float = 10.0
+    read: float = 300.0
+    write: float = 30.0
+    stream_idle: float = 60.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """The retry policy as data (see retry.py for how it is applied)."""
+
+    max_attempts: int = 5
+    backoff_base: float = 0.5  # seconds; attempt k waits U(0, min(cap, base * 2**k))
+    backoff_cap: float = 30.0
+    retry_after_cap: float = 120.0  # never honour a Retry-After longer than this
+    # Retries may add at most this fraction of first attempts (plus a small reserve),
+    # so a failing server sees load shrink instead of multiply.
+    budget_ratio: float = 0.5
+    budget_reserve: int = 50
+    auth_failure_limit: int = 3  # consecutive 401/403 before the run stops
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One batch run: where the input is, where outputs go, and how to send."""
+
+    input_path: Path
+    outdir: Path
+    base_url: str = DEFAULT_BASE_URL
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    model: str | None = None
+    concurrency: int = 32
+    stream: bool = False
+    limit: int | None = None
+    fresh: bool = False
+    retry_failed: bool = False
+    allow_insecure_http: bool = False
+    max_line_bytes: int = 10 * MIB
+    grace_period: float = 30.0
+    fsync: bool = True
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+    def __post_init__(self) -> None:
+        _check_positive("concurrency", self.concurrency)
+        _check_positive("max_attempts", self.retry.max_attempts)
+        _check_positive("max_line_bytes", self.max_line_bytes)
+        if self.limit is not None and self.limit < 0:
+            raise ConfigError(f"--limit must be >= 0, got {self.limit}")
+        check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url.rstrip("/") + CHAT_PATH
+
+    def request_settings(self) -> dict[str, Any]:
+        """The settings that change what is sent; a resume must not mix two of them."""
+        return {"model": self.model, "stream": self.stream}
+
+    def settings_hash(self) -> str:
+        encoded = orjson.dumps(self.request_settings(), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(encoded).hexdigest()
+
+
+def default_outdir(input_path: Path) -> Path:
+    """`data/labels.jsonl` -> `data/labels.batchrun/`, next to the input."""
+    return input_path.with_name(input_path.stem + ".batchrun")
+
+
+def check_base_url(base_url: str, *, allow_insecure_http: bool) -> None:
+    """Refuse URLs we cannot use, and plain http to anything but this machine: the API
+    key would cross the network in clear text."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--base-url must be an http(s) URL, got {base_url!r}")
+    if parts.scheme == "http" and not allow_insecure_http and not is_loopback(parts.hostname):
+        raise ConfigError(
+            f"refusing plain http to {parts.hostname}: the API key would travel unencrypted. "
+            "Use https, or pass --allow-insecure-http if you really mean it."
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

@@ -1,0 +1,322 @@
+"""OUTDIR state: the manifest, the lock, and the resume scan over journal and results.
+
+The journal is the durable truth (one record per completed line, completion order); the
+results and errors files are views of it. Opening an OUTDIR checks it belongs to this
+input and settings, repairs torn tails, and says which lines are already done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._version import __version__
+from .config import RunConfig
+from .errors import ResumeRefused
+from .reader import InputScan
+
+__all__ = ["OutdirLock", "Paths", "ResumeState", "open_outdir"]
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+SCAN_CHUNK = 1 << 22
+AUTH_STATUSES = (401, 403)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file batchrun keeps in OUTDIR; nothing else there is ever touched."""
+
+    outdir: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.outdir / "manifest.json"
+
+    @property
+    def journal(self) -> Path:
+        return self.outdir / "journal.jsonl"
+
+    @property
+    def results(self) -> Path:
+        return self.outdir / "results.jsonl"
+
+    @property
+    def errors(self) -> Path:
+        return self.outdir / "errors.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.outdir / "summary.json"
+
+    @property
+    def sent(self) -> Path:
+        return self.outdir / "sent.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.outdir / ".lock"
+
+    def state_files(self) -> tuple[Path, ...]:
+        return (self.manifest, self.journal, self.results, self.errors, self.summary, self.sent)
+
+
+@dataclass
+class ResumeState:
+    """What a previous session left, as the new session needs it."""
+
+    requests: int
+    next_index: int = 0  # results.jsonl holds exactly the records [0, next_index)
+    pending: dict[int, tuple[int, int]] = field(default_factory=dict)  # done, >= next_index
+    redo: set[int] = field(default_factory=set)  # journaled but to be sent again
+    done: bytearray = field(default_factory=bytearray)  # 1 per index that needs no request
+    journal_size: int = 0
+    repairs: list[str] = field(default_factory=list)
+    resent: int = 0  # lines sent by an earlier session whose reply never landed
+    resumed: bool = False
+
+    def is_done(self, index: int) -> bool:
+        return index < len(self.done) and self.done[index] == 1
+
+    @property
+    def done_count(self) -> int:
+        return self.done.count(1)
+
+
+class OutdirLock:
+    """An exclusive lock on OUTDIR so two runs never write the same files."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ResumeRefused(
+                f"{path.parent} is in use by another batchrun process; wait for it or use -o"
+            ) from None
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def open_outdir(config: RunConfig, scan: InputScan) -> tuple[OutdirLock, ResumeState]:
+    """Lock OUTDIR, check it belongs to this input and settings, and scan what is done."""
+    paths = Paths(config.outdir)
+    config.outdir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    lock = OutdirLock(paths.lock)
+    try:
+        if config.fresh:
+            for path in paths.state_files():
+                path.unlink(missing_ok=True)
+        state = _load_or_create(paths, config, scan)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, state
+
+
+def _load_or_create(paths: Paths, config: RunConfig, scan: InputScan) -> ResumeState:
+    manifest = _manifest(config, scan)
+    if not paths.manifest.exists():
+        if paths.journal.exists() and paths.journal.stat().st_size:
+            raise ResumeRefused(
+                f"{paths.journal} exists without manifest.json; refusing to guess what it "
+                "belongs to. Use --fresh to start over."
+            )
+        _write_atomic(paths.manifest, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        return ResumeState(requests=scan.requests, done=bytearray(scan.requests))
+    _check_manifest(paths.manifest, manifest)
+    return _scan_state(paths, scan.requests, retry_failed=config.retry_failed)
+
+
+def _manifest(config: RunConfig, scan: InputScan) -> dict[str, Any]:
+    return {
+        "batchrun_version": __version__,
+        "input": str(config.input_path),
+        "input_sha256": scan.sha256,
+        "input_format": scan.format.value,
+        "requests": scan.requests,
+        "settings": config.request_settings(),
+        "settings_sha256": config.settings_hash(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _check_manifest(path: Path, expected: dict[str, Any]) -> None:
+    try:
+        found = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ResumeRefused(f"{path} is unreadable ({exc}); use --fresh to start over") from None
+    if found.get("input_sha256") != expected["input_sha256"]:
+        raise ResumeRefused(
+            f"{path.parent} holds results for a different input ({found.get('input')}, "
+            f"sha256 {str(found.get('input_sha256'))[:12]}…); this input's sha256 is "
+            f"{expected['input_sha256'][:12]}…. Use --fresh to discard it, or another -o."
+        )
+    if found.get("settings_sha256") != expected["settings_sha256"]:
+        before, now = found.get("settings", {}), expected["settings"]
+        changed = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
+        raise ResumeRefused(
+            f"{path.parent} was started with other request settings ({'; '.join(changed)}); "
+            "resuming would mix two configurations. Use the same flags, or --fresh."
+        )
+
+
+def _scan_state(paths: Paths, requests: int, *, retry_failed: bool) -> ResumeState:
+    state = ResumeState(requests=requests, done=bytearray(requests), resumed=True)
+    written = _repair_tail(paths.results, "results.jsonl", state)
+    state.journal_size = _repair_tail(paths.journal, "journal.jsonl", state)
+    for index, offset, length, record in _journal_records(paths.journal, requests):
+        state.done[index] = 1
+        if _needs_redo(record, retry_failed):
+            state.redo.add(index)
+        else:
+            state.redo.discard(index)
+            state.pending[index] = (offset, length)
+    for index in state.redo:
+        state.done[index] = 0
+    results_lines = _count_lines(paths.results) if written else 0
+    state.next_index = _first_gap(state.done, results_lines)
+    if state.next_index < results_lines:
+        _truncate_lines(paths.results, state.next_index)
+    # Records below next_index are already in results.jsonl; keeping their offsets
+    # would make memory grow with the input.
+    state.pending = {i: span for i, span in state.pending.items() if i >= state.next_index}
+    _rebuild_errors(paths)
+    state.resent = _count_resent(paths.sent, state)
+    return state
+
+
+def _needs_redo(record: dict[str, Any], retry_failed: bool) -> bool:
+    """Auth failures are always re-sent (the run stopped because of them); other
+    retryable failures only when asked with --retry-failed."""
+    error = record.get("error")
+    if record.get("status") != "error" or not isinstance(error, dict):
+        return False
+    if error.get("status_code") in AUTH_STATUSES:
+        return True
+    return retry_failed and error.get("retryable") is True
+
+
+def _first_gap(done: bytearray, upto: int) -> int:
+    gap = done.find(0, 0, upto)
+    return upto if gap < 0 else gap
+
+
+def _journal_records(path: Path, requests: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+    """Yield (index, offset, length, record) for every journal line; refuse corruption."""
+    if not path.exists():
+        return
+    offset = 0
+    with path.open("rb") as stream:
+        for number, line in enumerate(stream, start=1):
+            record = _parse_record(line, number, path)
+            index = record.get("index")
+            if not isinstance(index, int) or not 0 <= index < requests:
+                raise ResumeRefused(
+                    f"{path} line {number} has index {index!r}, outside this input's "
+                    f"{requests} requests; use --fresh to start over"
+                )
+            yield index, offset, len(line), record
+            offset += len(line)
+
+
+def _parse_record(line: bytes, number: int, path: Path) -> dict[str, Any]:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        raise ResumeRefused(
+            f"{path} line {number} is corrupt (not a JSON record) and is not the last line, "
+            "so it is not a torn write; refusing to resume over lost data. Inspect the file, "
+            "or use --fresh to start over."
+        )
+    return record
+
+
+def _repair_tail(path: Path, name: str, state: ResumeState) -> int:
+    """Cut a torn last line (no newline: the process died mid-write); return the size."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    end = _last_newline_end(path, size)
+    if end < size:
+        os.truncate(path, end)
+        state.repairs.append(f"{name}: dropped a torn last line ({size - end} bytes)")
+    return end
+
+
+def _last_newline_end(path: Path, size: int) -> int:
+    with path.open("rb") as stream:
+        position = size
+        while position > 0:
+            start = max(0, position - SCAN_CHUNK)
+            stream.seek(start)
+            block = stream.read(position - start)
+            found = block.rfind(b"\n")
+            if found >= 0:
+                return start + found + 1
+            position = start
+    return 0
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    with path.open("rb") as stream:
+        while block := stream.read(SCAN_CHUNK):
+            count += block.count(b"\n")
+    return count
+
+
+def _truncate_lines(path: Path, keep: int) -> None:
+    """Keep the first `keep` lines of `path`."""
+    end = 0
+    with path.open("rb") as stream:
+        for _ in range(keep):
+            end += len(stream.readline())
+    os.truncate(path, end)
+
+
+def _rebuild_errors(paths: Paths) -> None:
+    """errors.jsonl is the failed subset of results.jsonl; rewrite it to match exactly."""
+    tmp = paths.errors.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with open(fd, "wb") as out:
+        if paths.results.exists():
+            with paths.results.open("rb") as results:
+                for line in results:
+                    if b'"status":"error"' in line:
+                        out.write(line)
+    tmp.replace(paths.errors)
+
+
+def _count_resent(path: Path, state: ResumeState) -> int:
+    """Lines an earlier session sent whose reply never reached the journal: in flight
+    at the interruption, so this session sends them again (at-least-once sending)."""
+    if not path.exists():
+        return 0
+    with path.open("rb") as stream:
+        sent = {int(line) for line in stream if line.strip().isdigit()}
+    return sum(1 for i in sent if i < state.requests and not state.done[i] and i not in state.redo)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)

@@ -1,0 +1,329 @@
+"""Reading the input: bounded line streaming, format detection, and turning lines into requests.
+
+Nothing in the input can crash a run: every line becomes either a `Request` ready to send
+or a `BadLine` carrying an `InvalidInput` that names the line and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from .errors import InputError, InvalidInput
+from .validate import validate_body
+
+__all__ = [
+    "BadLine",
+    "InputFormat",
+    "InputScan",
+    "LineParser",
+    "RawLine",
+    "Request",
+    "iter_raw_lines",
+    "scan_input",
+]
+
+READ_CHUNK = 1 << 20
+UTF8_BOM = b"\xef\xbb\xbf"
+CHAT_URL = "/v1/chat/completions"
+MAX_DUPLICATES_SHOWN = 5
+MAX_WARNING_KINDS = 50
+
+
+class InputFormat(StrEnum):
+    PLAIN = "plain"
+    MISTRAL_BATCH = "mistral_batch"
+    OPENAI_BATCH = "openai_batch"
+
+
+@dataclass(frozen=True, slots=True)
+class RawLine:
+    """One non-blank physical line. `data` is None when it exceeded the length bound."""
+
+    number: int  # 1-based line number in the file, blank lines included
+    data: bytes | None
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    index: int
+    line: int
+    custom_id: str | None
+    payload: bytes  # the JSON body exactly as it will be sent
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    index: int
+    line: int
+    custom_id: str | None
+    error: InvalidInput
+
+
+@dataclass(frozen=True)
+class InputScan:
+    """What one pass over the whole input tells before anything is sent."""
+
+    sha256: str
+    requests: int  # non-blank lines; each becomes exactly one result record
+    format: InputFormat
+
+
+def iter_raw_lines(stream: BinaryIO, max_bytes: int) -> Iterator[RawLine]:
+    """Yield non-blank lines without ever holding more than `max_bytes` of one line.
+
+    Accepts LF or CRLF endings, a UTF-8 BOM, and a last line without a newline.
+    """
+    number = 0
+    pending = bytearray()
+    pending_len = 0  # true length of the current partial line, even once dropped
+    first = True
+    while chunk := stream.read(READ_CHUNK):
+        if first:
+            chunk = chunk.removeprefix(UTF8_BOM)
+            first = False
+        pieces = chunk.split(b"\n")
+        for piece in pieces[:-1]:
+            number += 1
+            line = _finish_line(number, pending, pending_len, piece, max_bytes)
+            pending.clear()
+            pending_len = 0
+            if line is not None:
+                yield line
+        tail = pieces[-1]
+        pending_len += len(tail)
+        if pending_len <= max_bytes:
+            pending += tail
+        else:
+            pending.clear()  # over the bound: keep counting, stop keeping
+    if pending_len:
+        line = _finish_line(number + 1, pending, pending_len, b"", max_bytes)
+        if line is not None:
+            yield line
+
+
+def _finish_line(
+    number: int, pending: bytearray, pending_len: int, piece: bytes, max_bytes: int
+) -> RawLine | None:
+    length = pending_len + len(piece)
+    if length > max_bytes:
+        return RawLine(number, None, length)
+    data = bytes(pending) + piece if pending else piece
+    if data.endswith(b"\r"):
+        data = data[:-1]
+    if not data.strip():
+        return None
+    return RawLine(number, data, length)
+
+
+class _HashingReader:
+    """A binary reader that hashes what passes through it, so one pass does both."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.digest.update(data)
+        return data
+
+
+def scan_input(path: Path, max_line_bytes: int) -> InputScan:
+    """Hash the input, count its requests, detect its format and refuse duplicate ids."""
+    try:
+        with path.open("rb") as raw:
+            reader = _HashingReader(raw)
+            count, fmt = _scan_lines(iter_raw_lines(reader, max_line_bytes))  # type: ignore[arg-type]
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return InputScan(sha256=reader.digest.hexdigest(), requests=count, format=fmt)
+
+
+def _scan_lines(lines: Iterator[RawLine]) -> tuple[int, InputFormat]:
+    count = 0
+    fmt: InputFormat | None = None
+    ids = _DuplicateIds()
+    for line in lines:
+        count += 1
+        if line.data is None or (fmt is InputFormat.PLAIN):
+            continue
+        obj = _loads_object(line.data)
+        if obj is None:
+            continue
+        if fmt is None:
+            fmt = detect_format(obj)
+        if fmt is not InputFormat.PLAIN:
+            ids.add(obj.get("custom_id"), line.number)
+    ids.raise_if_any()
+    return count, fmt or InputFormat.PLAIN
+
+
+class _DuplicateIds:
+    def __init__(self) -> None:
+        self._first_line: dict[str, int] = {}
+        self._examples: list[str] = []
+        self._count = 0
+
+    def add(self, custom_id: object, line: int) -> None:
+        if not isinstance(custom_id, str):
+            return  # reported per line by the parser
+        first = self._first_line.setdefault(custom_id, line)
+        if first != line:
+            self._count += 1
+            if len(self._examples) < MAX_DUPLICATES_SHOWN:
+                self._examples.append(f"{custom_id!r} on lines {first} and {line}")
+
+    def raise_if_any(self) -> None:
+        if self._count:
+            raise InputError(
+                f"duplicate custom_id values ({self._count} in all): "
+                + "; ".join(self._examples)
+                + ". Every custom_id must be unique so results can be matched; nothing was sent."
+            )
+
+
+def _loads_object(data: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def detect_format(obj: dict[str, Any]) -> InputFormat:
+    """A batch line wraps its request in `body`; OpenAI's also names method and url."""
+    if "body" in obj and "messages" not in obj:
+        if "method" in obj or "url" in obj:
+            return InputFormat.OPENAI_BATCH
+        return InputFormat.MISTRAL_BATCH
+    return InputFormat.PLAIN
+
+
+class LineParser:
+    """Turns raw lines into requests for one file format; collects validation warnings."""
+
+    def __init__(
+        self, fmt: InputFormat, *, default_model: str | None = None, force_stream: bool = False
+    ) -> None:
+        self.format = fmt
+        self.default_model = default_model
+        self.force_stream = force_stream
+        self.warnings: dict[str, list[int]] = {}  # warning -> [count, first line]
+
+    def parse(self, raw: RawLine, index: int) -> Request | BadLine:
+        custom_id: str | None = None
+        try:
+            if raw.data is None:
+                raise InvalidInput(f"line is {raw.length} bytes, over the --max-line-bytes limit")
+            obj = _parse_json_object(raw.data)
+            custom_id, body = self._unwrap(obj)
+            changed = self._complete(body)
+            for warning in validate_body(body):
+                self._warn(warning, raw.number)
+        except InvalidInput as exc:
+            return BadLine(index, raw.number, custom_id, exc.at_line(raw.number))
+        payload = raw.data if self.format is InputFormat.PLAIN and not changed else _dumps(body)
+        return Request(index, raw.number, custom_id, payload, body.get("stream") is True)
+
+    def _unwrap(self, obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        found = detect_format(obj)
+        if found is not self.format:
+            raise InvalidInput(
+                f"line is in {found.value} format but the file is {self.format.value} "
+                "(detected from its first valid line); one format per file"
+            )
+        if self.format is InputFormat.PLAIN:
+            return None, obj
+        custom_id = obj.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            raise InvalidInput("must be a non-empty string", field="custom_id")
+        if self.format is InputFormat.OPENAI_BATCH:
+            _check_openai_envelope(obj)
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            raise InvalidInput("must be a JSON object holding the request", field="body")
+        return custom_id, body
+
+    def _complete(self, body: dict[str, Any]) -> bool:
+        """Fill in what the run supplies (model, stream); True if the body changed."""
+        changed = False
+        if "model" not in body and self.default_model is not None:
+            body["model"] = self.default_model
+            changed = True
+        elif "model" not in body:
+            raise InvalidInput("is missing and no --model was given", field="model")
+        if self.force_stream and body.get("stream") is not True:
+            body["stream"] = True
+            changed = True
+        return changed
+
+    def _warn(self, warning: str, line: int) -> None:
+        seen = self.warnings.get(warning)
+        if seen is not None:
+            seen[0] += 1
+        elif len(self.warnings) < MAX_WARNING_KINDS:
+            self.warnings[warning] = [1, line]
+
+
+def _check_openai_envelope(obj: dict[str, Any]) -> None:
+    if obj.get("method", "POST") != "POST":
+        raise InvalidInput(f"must be POST, got {obj.get('method')!r}", field="method")
+    url = obj.get("url", CHAT_URL)
+    if not isinstance(url, str) or not url.endswith(CHAT_URL):
+        raise InvalidInput(f"must be {CHAT_URL}, got {url!r}", field="url")
+
+
+def _parse_json_object(data: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"invalid JSON: {_json_reason(exc)}") from None
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"expected a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+def _json_reason(exc: orjson.JSONDecodeError) -> str:
+    message = str(exc.msg)
+    if "UTF-8" in message:
+        return f"not valid UTF-8 ({message})"
+    if "recursion" in message:
+        return "nested too deeply"
+    return f"{message} at byte {exc.pos}"
+
+
+def _json_type(value: object) -> str:
+    names: dict[type, str] = {list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number")
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return orjson.dumps(body)
+
+
+def iter_requests(
+    path: Path,
+    parser: LineParser,
+    max_line_bytes: int,
+    *,
+    skip: Callable[[int], bool],
+    limit: int | None = None,
+) -> Iterator[Request | BadLine]:
+    """Stream the input's requests in order, not parsing the ones `skip` says are done."""
+    with path.open("rb") as stream:
+        for index, raw in enumerate(iter_raw_lines(stream, max_line_bytes)):
+            if limit is not None and index >= limit:
+                return
+            if not skip(index):
+                yield parser.parse(raw, index)

@@ -1,0 +1,334 @@
+"""The run: one task group holding the dispatcher, N workers and the writer.
+
+reader -> dispatcher -(unbuffered channel)-> workers -(bounded channel)-> writer.
+Ctrl-C cancels the dispatcher and gives in-flight requests a grace period; an auth
+failure streak cancels the workers; either way the writer drains what completed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from rich.console import Console
+
+from .client import ChatClient, Reply
+from .config import RunConfig
+from .errors import Aborted, AuthError, ConfigError, RequestFailed
+from .journal import Paths, ResumeState, open_outdir
+from .output import Completed, ResultWriter, SentLog, error_record, ok_record
+from .progress import LiveStats, ProgressDisplay
+from .reader import BadLine, InputScan, LineParser, Request, iter_requests, scan_input
+from .retry import RetryPolicy
+from .summary import SessionInfo, build_summary, write_summary
+
+__all__ = ["RunReport", "run_batch"]
+
+EXIT_OK, EXIT_FAILED_LINES, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 2, 3, 130
+TICK_S = 0.25
+MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class RunReport:
+    exit_code: int
+    summary: dict[str, Any]
+    outdir: Path
+    repairs: tuple[str, ...] = ()
+
+
+async def run_batch(
+    config: RunConfig,
+    *,
+    api_key: str | None = None,
+    console: Console | None = None,
+    show_progress: bool = False,
+) -> RunReport:
+    """Run (or resume) the batch described by `config`; never raises for a bad line.
+
+    `api_key` overrides the environment variable named by `config.api_key_env`."""
+    key = api_key if api_key is not None else _read_key(config.api_key_env)
+    scan = await anyio.to_thread.run_sync(scan_input, config.input_path, config.max_line_bytes)
+    lock, state = open_outdir(config, scan)
+    try:
+        async with ChatClient(
+            config.endpoint, key, concurrency=config.concurrency, timeouts=config.timeouts
+        ) as client:
+            run = _Run(config, scan, state, client)
+            return await run.execute(console, show_progress)
+    finally:
+        lock.release()
+
+
+def _read_key(env_name: str) -> str:
+    key = os.environ.get(env_name, "").strip()
+    if not key:
+        raise ConfigError(
+            f"the API key variable {env_name} is not set: export {env_name}=... "
+            "(or name another variable with --api-key-env, or try --mock)"
+        )
+    return key
+
+
+class _Run:
+    def __init__(
+        self, config: RunConfig, scan: InputScan, state: ResumeState, client: ChatClient
+    ) -> None:
+        self.config = config
+        self.scan = scan
+        self.state = state
+        self.client = client
+        self.paths = Paths(config.outdir)
+        total = scan.requests if config.limit is None else min(scan.requests, config.limit)
+        self.stats = LiveStats(total=total, done_before=state.done[:total].count(1))
+        self.policy = RetryPolicy(config.retry)
+        self.parser = LineParser(
+            scan.format, default_model=config.model, force_stream=config.stream
+        )
+        self.interrupted = False
+        self.abort_reason: str | None = None
+        self._auth_streak = 0
+        self._dispatch_scope = anyio.CancelScope()
+        self._work_scope = anyio.CancelScope()
+        self._started_at = datetime.now(UTC)
+
+    async def execute(self, console: Console | None, show_progress: bool) -> RunReport:
+        writer = ResultWriter(self.paths, self.state)
+        sent_log = SentLog(self.paths)
+        try:
+            if show_progress:
+                with ProgressDisplay(self.stats, console) as display:
+                    await self._run_tasks(writer, sent_log, display)
+            else:
+                await self._run_tasks(writer, sent_log, None)
+        except* OSError as group:
+            raise Aborted(
+                f"fatal I/O error writing {self.paths.outdir}: {group.exceptions[0]}"
+            ) from group
+        finally:
+            writer.close()
+            sent_log.close()
+        return self._finish()
+
+    async def _run_tasks(
+        self, writer: ResultWriter, sent_log: SentLog, display: ProgressDisplay | None
+    ) -> None:
+        done_send, done_recv = anyio.create_memory_object_stream[Completed](
+            max_buffer_size=self.config.concurrency * 4
+        )
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._write_all, writer, done_recv)
+            async with anyio.create_task_group() as side:
+                side.start_soon(self._watch_signals, side)
+                if display is not None:
+                    side.start_soon(self._tick, display)
+                async with done_send:
+                    await self._run_workers(sent_log, done_send)
+                side.cancel_scope.cancel()
+
+    async def _run_workers(
+        self, sent_log: SentLog, done_send: MemoryObjectSendStream[Completed]
+    ) -> None:
+        # Unbuffered: a line leaves the dispatcher only when a worker takes it, so
+        # stopping the dispatcher leaves nothing queued-but-unsent behind.
+        work_send, work_recv = anyio.create_memory_object_stream[Request](0)
+        with self._work_scope:
+            async with anyio.create_task_group() as work, work_recv:
+                work.start_soon(self._dispatch, work_send, done_send.clone())
+                for _ in range(self.config.concurrency):
+                    work.start_soon(self._worker, work_recv.clone(), done_send.clone(), sent_log)
+
+    async def _dispatch(
+        self,
+        work_send: MemoryObjectSendStream[Request],
+        done_send: MemoryObjectSendStream[Completed],
+    ) -> None:
+        lines = iter_requests(
+            self.config.input_path,
+            self.parser,
+            self.config.max_line_bytes,
+            skip=self.state.is_done,
+            limit=self.config.limit,
+        )
+        async with work_send, done_send:
+            with self._dispatch_scope:
+                for item in lines:
+                    if isinstance(item, BadLine):
+                        self.stats.failed += 1
+                        await done_send.send(error_record(item, item.error, attempts=0))
+                    else:
+                        await work_send.send(item)
+
+    async def _worker(
+        self,
+        work_recv: MemoryObjectReceiveStream[Request],
+        done_send: MemoryObjectSendStream[Completed],
+        sent_log: SentLog,
+    ) -> None:
+        async with work_recv, done_send:
+            async for request in work_recv:
+                sent_log.mark(request.index)
+                completed = await self._process(request)
+                # A reply we paid for must reach the journal even if we are being
+                # cancelled; the writer always drains, so this cannot hang.
+                with anyio.CancelScope(shield=True):
+                    await done_send.send(completed)
+
+    async def _process(self, request: Request) -> Completed:
+        stats = self.stats
+        stats.in_flight += 1
+        attempts = 0
+        started = 0.0
+        reply: Reply | None = None
+        try:
+            async for attempt in self.policy.retrying():
+                with attempt:
+                    await self.policy.pause.wait()
+                    attempts += 1
+                    stats.sent += 1
+                    started = time.perf_counter()
+                    reply = await self.client.complete(request.payload, stream=request.stream)
+        except RequestFailed as exc:
+            return self._failed(request, exc, attempts, started)
+        finally:
+            stats.in_flight -= 1
+            stats.retries += max(0, attempts - 1)
+        assert reply is not None  # tenacity returns only after a successful attempt
+        return self._succeeded(request, reply, attempts, started)
+
+    def _succeeded(
+        self, request: Request, reply: Reply, attempts: int, started: float
+    ) -> Completed:
+        self._auth_streak = 0
+        self.stats.ok += 1
+        usage = reply.response.get("usage")
+        if isinstance(usage, dict):
+            self.stats.completion_tokens += _int(usage.get("completion_tokens"))
+            self.stats.total_tokens += _int(usage.get("total_tokens"))
+        ttft = None if reply.ttft_s is None else reply.ttft_s * 1000
+        latency = (time.perf_counter() - started) * 1000
+        return ok_record(
+            request, reply.response, attempts=attempts, latency_ms=latency, ttft_ms=ttft
+        )
+
+    def _failed(
+        self, request: Request, error: RequestFailed, attempts: int, started: float
+    ) -> Completed:
+        self.stats.failed += 1
+        if isinstance(error, AuthError):
+            self._auth_streak += 1
+            if self._auth_streak >= self.config.retry.auth_failure_limit:
+                self._abort(
+                    f"{self._auth_streak} consecutive HTTP {error.status_code} replies: check the "
+                    f"key in ${self.config.api_key_env}; rerun the same command to resume"
+                )
+        latency = (time.perf_counter() - started) * 1000 if started else None
+        return error_record(request, error, attempts=attempts, latency_ms=latency)
+
+    def _abort(self, reason: str) -> None:
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        self._dispatch_scope.cancel()
+        self._work_scope.cancel()
+
+    async def _write_all(
+        self, writer: ResultWriter, done_recv: MemoryObjectReceiveStream[Completed]
+    ) -> None:
+        """Group commit: whatever arrived while the last fsync ran goes in the next one."""
+        async with done_recv:
+            async for first in done_recv:
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(done_recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                writer.append(batch)
+                if self.config.fsync:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(writer.sync)
+                writer.emit(batch)
+
+    async def _watch_signals(self, side: TaskGroup) -> None:
+        """First Ctrl-C/SIGTERM: stop dispatching, give in-flight requests a grace
+        period. A second one (or the end of the grace period) cancels them."""
+        try:
+            receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+            signals = receiver.__enter__()
+        except (ValueError, RuntimeError, NotImplementedError):
+            return  # not the main thread: the embedding program owns signals
+        try:
+            async for _ in signals:
+                if self.interrupted:
+                    self._work_scope.cancel()
+                    continue
+                self.interrupted = True
+                self._dispatch_scope.cancel()
+                side.start_soon(self._expire_grace)
+        finally:
+            receiver.__exit__(None, None, None)
+
+    async def _expire_grace(self) -> None:
+        await anyio.sleep(self.config.grace_period)
+        self._work_scope.cancel()
+
+    async def _tick(self, display: ProgressDisplay) -> None:
+        while True:
+            display.tick()
+            await anyio.sleep(TICK_S)
+
+    def _finish(self) -> RunReport:
+        status, code, reason = self._outcome()
+        session = SessionInfo(
+            status=status,
+            reason=reason,
+            started_at=self._started_at.isoformat(timespec="seconds"),
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            wall_time_s=self.stats.elapsed,
+            sent=self.stats.sent,
+            retries=self.stats.retries,
+            resent_after_interrupt=self.state.resent,
+            completed=self.stats.ok + self.stats.failed,
+            completion_tokens=self.stats.completion_tokens,
+            total_tokens=self.stats.total_tokens,
+        )
+        manifest = orjson.loads(self.paths.manifest.read_bytes())
+        summary = build_summary(self.paths, manifest, session, self._extra())
+        if code == EXIT_OK and summary["counts"]["failed"]:
+            code = EXIT_FAILED_LINES
+        write_summary(self.paths, summary)
+        return RunReport(code, summary, self.paths.outdir, tuple(self.state.repairs))
+
+    def _outcome(self) -> tuple[str, int, str | None]:
+        if self.abort_reason is not None:
+            return "aborted", EXIT_ABORTED, self.abort_reason
+        if self.interrupted:
+            return "interrupted", EXIT_INTERRUPTED, "interrupted by signal; rerun to resume"
+        if self.stats.done < self.scan.requests:
+            return "partial", EXIT_OK, f"--limit {self.config.limit}"
+        return "complete", EXIT_OK, None
+
+    def _extra(self) -> dict[str, Any]:
+        return {
+            "outdir": str(self.paths.outdir),
+            "warnings": [
+                {"warning": w, "lines": n, "first_line": first}
+                for w, (n, first) in self.parser.warnings.items()
+            ],
+            "repairs": self.state.repairs,
+            "retry_budget_denied": self.policy.budget.denied,
+            "rate_limit_pauses": self.policy.pause.pauses,
+        }
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
