@@ -176,22 +176,28 @@ def _scan_state(paths: Paths, requests: int, *, retry_failed: bool) -> ResumeSta
     state = ResumeState(requests=requests, done=bytearray(requests), resumed=True)
     written = _repair_tail(paths.results, "results.jsonl", state)
     state.journal_size = _repair_tail(paths.journal, "journal.jsonl", state)
+    results_lines = _count_lines(paths.results) if written else 0
+    # Records already in results.jsonl need no offset: keeping them all would make
+    # memory grow with the input.
     for index, offset, length, record in _journal_records(paths.journal, requests):
         state.done[index] = 1
         if _needs_redo(record, retry_failed):
             state.redo.add(index)
+            state.pending.pop(index, None)
         else:
             state.redo.discard(index)
-            state.pending[index] = (offset, length)
+            if index >= results_lines:
+                state.pending[index] = (offset, length)
     for index in state.redo:
         state.done[index] = 0
-    results_lines = _count_lines(paths.results) if written else 0
     state.next_index = _first_gap(state.done, results_lines)
     if state.next_index < results_lines:
+        # A redone line (or results ahead of the journal) cuts the written prefix
+        # short: re-read the offsets of the done records after the cut.
         _truncate_lines(paths.results, state.next_index)
-    # Records below next_index are already in results.jsonl; keeping their offsets
-    # would make memory grow with the input.
-    state.pending = {i: span for i, span in state.pending.items() if i >= state.next_index}
+        for index, offset, length, _ in _journal_records(paths.journal, requests):
+            if state.next_index <= index < results_lines and state.done[index]:
+                state.pending[index] = (offset, length)
     _rebuild_errors(paths)
     state.resent = _count_resent(paths.sent, state)
     return state

@@ -1,0 +1,148 @@
+"""Journal, ordered writer and resume scan, as properties over completion orders and crash points."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchrun.config import RunConfig
+from batchrun.errors import ResumeRefused
+from batchrun.journal import OutdirLock, Paths, ResumeState, open_outdir
+from batchrun.output import Completed, ResultWriter
+from batchrun.reader import InputFormat, InputScan
+
+
+def record(index: int, failed: bool = False) -> Completed:
+    status = "error" if failed else "ok"
+    body: dict[str, object] = {"index": index, "status": status}
+    if failed:
+        body["error"] = {"type": "http_status", "status_code": 500, "retryable": True}
+    return Completed(index, orjson.dumps(body), failed)
+
+
+def open_state(outdir: Path, requests: int, **options: bool) -> tuple[OutdirLock, ResumeState]:
+    config = RunConfig(input_path=outdir / "in.jsonl", outdir=outdir, **options)  # type: ignore[arg-type]
+    scan = InputScan(sha256="0" * 64, requests=requests, format=InputFormat.PLAIN)
+    return open_outdir(config, scan)
+
+
+def write(outdir: Path, state: ResumeState, batches: list[list[int]], failed: set[int]) -> None:
+    writer = ResultWriter(Paths(outdir), state)
+    for batch in batches:
+        items = [record(i, i in failed) for i in batch]
+        writer.append(items)
+        writer.sync()
+        writer.emit(items)
+    writer.close()
+
+
+def indices(path: Path) -> list[int]:
+    return [orjson.loads(line)["index"] for line in path.read_bytes().splitlines()]
+
+
+def batches_of(order: list[int], cuts: list[int]) -> list[list[int]]:
+    edges = sorted({0, len(order), *[c % (len(order) + 1) for c in cuts]})
+    return [order[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    order=st.integers(1, 60).flatmap(lambda n: st.permutations(list(range(n)))),
+    cuts=st.lists(st.integers(0, 60), max_size=6),
+    failed=st.sets(st.integers(0, 59), max_size=10),
+)
+def test_results_are_ordered_for_any_completion_order(
+    order: list[int], cuts: list[int], failed: set[int]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        outdir = Path(tmp)
+        lock, state = open_state(outdir, len(order))
+        write(outdir, state, batches_of(order, cuts), failed)
+        lock.release()
+        assert indices(outdir / "results.jsonl") == list(range(len(order)))
+        expected_errors = sorted(i for i in failed if i < len(order))
+        assert indices(outdir / "errors.jsonl") == expected_errors
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    order=st.integers(1, 40).flatmap(lambda n: st.permutations(list(range(n)))),
+    crash_after=st.integers(0, 40),
+    torn_bytes=st.integers(0, 20),
+    cut_results=st.integers(0, 200),
+)
+def test_resume_from_any_crash_point_completes_without_duplicates(
+    order: list[int], crash_after: int, torn_bytes: int, cut_results: int
+) -> None:
+    n = len(order)
+    crash_after = min(crash_after, n)
+    with tempfile.TemporaryDirectory() as tmp:
+        outdir = Path(tmp)
+        lock, state = open_state(outdir, n)
+        write(outdir, state, [[i] for i in order[:crash_after]], set())
+        lock.release()
+        # The crash tore the journal's next record and lost part of results.jsonl.
+        paths = Paths(outdir)
+        if torn_bytes and crash_after < n:
+            with paths.journal.open("ab") as journal:
+                journal.write(record(order[crash_after]).data[:torn_bytes])
+        results = paths.results.read_bytes()
+        paths.results.write_bytes(results[: max(0, len(results) - cut_results)])
+
+        lock, state = open_state(outdir, n)
+        done = {i for i in range(n) if state.is_done(i)}
+        assert done == set(order[:crash_after])
+        remaining = [i for i in order if i not in done]
+        write(outdir, state, [[i] for i in remaining], set())
+        lock.release()
+        assert indices(paths.results) == list(range(n))
+        assert sorted(indices(paths.journal)) == list(range(n))
+
+
+def test_retry_failed_redoes_only_retryable_failures(tmp_path: Path) -> None:
+    lock, state = open_state(tmp_path, 4)
+    write(tmp_path, state, [[0, 1, 2, 3]], failed={1, 3})
+    lock.release()
+    lock, state = open_state(tmp_path, 4)
+    assert all(state.is_done(i) for i in range(4))
+    lock.release()
+    lock, state = open_state(tmp_path, 4, retry_failed=True)
+    assert [state.is_done(i) for i in range(4)] == [True, False, True, False]
+    assert state.next_index == 1
+    assert indices(tmp_path / "results.jsonl") == [0]
+    assert indices(tmp_path / "errors.jsonl") == []
+    write(tmp_path, state, [[3], [1]], failed=set())
+    lock.release()
+    assert indices(tmp_path / "results.jsonl") == [0, 1, 2, 3]
+    statuses = [orjson.loads(x)["status"] for x in (tmp_path / "results.jsonl").read_bytes().split()]
+    assert statuses == ["ok"] * 4
+
+
+def test_a_second_process_is_locked_out(tmp_path: Path) -> None:
+    lock, _ = open_state(tmp_path, 1)
+    with pytest.raises(ResumeRefused, match="in use"):
+        open_state(tmp_path, 1)
+    lock.release()
+    lock, _ = open_state(tmp_path, 1)
+    lock.release()
+
+
+def test_journal_without_manifest_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "journal.jsonl").write_bytes(record(0).data + b"\n")
+    with pytest.raises(ResumeRefused, match="without manifest"):
+        open_state(tmp_path, 1)
+
+
+def test_journal_index_outside_the_input_is_refused(tmp_path: Path) -> None:
+    lock, state = open_state(tmp_path, 3)
+    write(tmp_path, state, [[0, 1, 2]], set())
+    lock.release()
+    with (tmp_path / "journal.jsonl").open("ab") as journal:
+        journal.write(record(7).data + b"\n")
+    with pytest.raises(ResumeRefused, match="outside"):
+        open_state(tmp_path, 3)
