@@ -88,6 +88,8 @@ class ResultWriter:
         self._journal_end = state.journal_size
         self._next = state.next_index
         self._pending = state.pending  # index -> (journal offset, length incl. newline)
+        # Catch up: lines journaled before an interruption but not yet in results.
+        self.emit([])
 
     @property
     def next_index(self) -> int:

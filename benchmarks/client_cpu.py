@@ -1,0 +1,56 @@
+"""CPU per request: batchrun vs a plain aiohttp loop (and httpx's transports), same run.
+
+    python benchmarks/client_cpu.py [--requests 20000] [--concurrency 128]
+
+Zero-latency mock server in its own process; every client is a separate process whose
+own CPU time (user+sys, from wait4) is divided by the request count. batchrun's figure
+includes everything it does: validation, journal + fsync, ordering, summary.
+Target (issue 3): batchrun within 3x of plain aiohttp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from harness import PYTHON, batchrun_args, mock_server, per_request_ms, run_measured, write_requests
+
+BASELINES = Path(__file__).with_name("baselines.py")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument("--httpx-requests", type=int, default=2_000,
+                        help="httpx's default transport is slow; give it fewer requests")
+    parser.add_argument("--stream", action="store_true", help="batchrun with --stream too")
+    args = parser.parse_args()
+    c = str(args.concurrency)
+    with tempfile.TemporaryDirectory() as tmp, mock_server() as url:
+        work = Path(tmp)
+        inputs = write_requests(work / "in.jsonl", args.requests)
+        small = write_requests(work / "small.jsonl", args.httpx_requests)
+        env = {"MISTRAL_API_KEY": "bench"}
+        rows = []
+        aio = run_measured([PYTHON, str(BASELINES), "aiohttp", url, str(inputs), c])
+        rows.append(("plain aiohttp loop", aio, args.requests))
+        ours = run_measured(batchrun_args(inputs, work / "out", url, "-c", c), env=env)
+        rows.append(("batchrun run", ours, args.requests))
+        hx_aio = run_measured([PYTHON, str(BASELINES), "httpx-aiohttp", url, str(inputs), c])
+        rows.append(("httpx + httpx-aiohttp loop", hx_aio, args.requests))
+        hx = run_measured([PYTHON, str(BASELINES), "httpx", url, str(small), c])
+        rows.append(("httpx default transport loop", hx, args.httpx_requests))
+        print(f"{'client':32} {'requests':>9} {'wall s':>8} {'CPU s':>8} {'CPU ms/req':>11}")
+        for name, m, n in rows:
+            print(f"{name:32} {n:9d} {m.wall_s:8.2f} {m.cpu_s:8.2f} {per_request_ms(m, n):11.3f}")
+        ratio = per_request_ms(ours, args.requests) / per_request_ms(aio, args.requests)
+        print(f"batchrun / plain aiohttp CPU per request: {ratio:.2f}x (target <= 3x)")
+        if ours.returncode != 0:
+            sys.exit(f"batchrun exited {ours.returncode}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Shared pieces of the benchmarks: a mock server subprocess, input files, measured children.
+
+Everything talks to 127.0.0.1 only, and every child is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+PYTHON = sys.executable
+LISTENING = re.compile(rb"listening on (http://127\.0\.0\.1:\d+)")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One child process: wall seconds, CPU seconds (user+sys), peak RSS in MB, exit code."""
+
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    returncode: int
+
+
+def run_measured(args: list[str], timeout: float = 900, env: dict[str, str] | None = None) -> Measured:
+    """Run a child and read its own rusage via wait4 (not the whole process tree's)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    deadline = started + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            raise TimeoutError(f"{args[:4]} ran over {timeout} s")
+        time.sleep(0.005)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 2):
+        assert proc.stderr is not None
+        sys.stderr.write(proc.stderr.read().decode(errors="replace")[-3000:])
+    return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode)
+
+
+@contextlib.contextmanager
+def mock_server(*flags: str) -> Iterator[str]:
+    """`batchrun mock-server` in its own process (its CPU is not the client's); yields its URL."""
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "batchrun", "mock-server", "--port", "0", "--no-auth", *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        found = LISTENING.search(line)
+        if not found:
+            raise RuntimeError(f"mock server did not start: {line!r}")
+        yield found.group(1).decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def write_requests(path: Path, count: int, **extra: object) -> Path:
+    """`count` distinct plain-format requests, written in streamed chunks."""
+    with path.open("wb") as out:
+        chunk: list[bytes] = []
+        for i in range(count):
+            body = {
+                "model": "mistral-small-latest",
+                "messages": [
+                    {"role": "system", "content": "Label the sentiment: positive, negative or mixed."},
+                    {"role": "user", "content": f"Review {i}: the product arrived on time and works."},
+                ],
+                "max_tokens": 32,
+                **extra,
+            }
+            chunk.append(orjson.dumps(body))
+            if len(chunk) == 10_000:
+                out.write(b"\n".join(chunk) + b"\n")
+                chunk.clear()
+        if chunk:
+            out.write(b"\n".join(chunk) + b"\n")
+    return path
+
+
+def batchrun_args(input_path: Path, outdir: Path, url: str, *flags: str) -> list[str]:
+    return [PYTHON, "-m", "batchrun", "run", str(input_path), "-o", str(outdir),
+            "--base-url", url, "--quiet", "--fresh", *flags]
+
+
+def per_request_ms(measured: Measured, requests: int) -> float:
+    return measured.cpu_s * 1000 / requests
