@@ -43,7 +43,9 @@ async def with_aiohttp(url: str, lines: list[bytes], concurrency: int) -> None:
         await drive(lines, concurrency, send)
 
 
-async def with_httpx(url: str, lines: list[bytes], concurrency: int, aiohttp_transport: bool) -> None:
+async def with_httpx(
+    url: str, lines: list[bytes], concurrency: int, aiohttp_transport: bool
+) -> None:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)

@@ -24,8 +24,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=128)
-    parser.add_argument("--httpx-requests", type=int, default=2_000,
-                        help="httpx's default transport is slow; give it fewer requests")
+    parser.add_argument(
+        "--httpx-requests",
+        type=int,
+        default=2_000,
+        help="httpx's default transport is slow; give it fewer requests",
+    )
     parser.add_argument("--stream", action="store_true", help="batchrun with --stream too")
     args = parser.parse_args()
     c = str(args.concurrency)

@@ -31,7 +31,9 @@ class Measured:
     returncode: int
 
 
-def run_measured(args: list[str], timeout: float = 900, env: dict[str, str] | None = None) -> Measured:
+def run_measured(
+    args: list[str], timeout: float = 900, env: dict[str, str] | None = None
+) -> Measured:
     """Run a child and read its own rusage via wait4 (not the whole process tree's)."""
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -85,8 +87,14 @@ def write_requests(path: Path, count: int, **extra: object) -> Path:
             body = {
                 "model": "mistral-small-latest",
                 "messages": [
-                    {"role": "system", "content": "Label the sentiment: positive, negative or mixed."},
-                    {"role": "user", "content": f"Review {i}: the product arrived on time and works."},
+                    {
+                        "role": "system",
+                        "content": "Label the sentiment: positive, negative or mixed.",
+                    },
+                    {
+                        "role": "user",
+                        "content": f"Review {i}: the product arrived on time and works.",
+                    },
                 ],
                 "max_tokens": 32,
                 **extra,
@@ -101,8 +109,20 @@ def write_requests(path: Path, count: int, **extra: object) -> Path:
 
 
 def batchrun_args(input_path: Path, outdir: Path, url: str, *flags: str) -> list[str]:
-    return [PYTHON, "-m", "batchrun", "run", str(input_path), "-o", str(outdir),
-            "--base-url", url, "--quiet", "--fresh", *flags]
+    return [
+        PYTHON,
+        "-m",
+        "batchrun",
+        "run",
+        str(input_path),
+        "-o",
+        str(outdir),
+        "--base-url",
+        url,
+        "--quiet",
+        "--fresh",
+        *flags,
+    ]
 
 
 def per_request_ms(measured: Measured, requests: int) -> float:

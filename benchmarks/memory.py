@@ -26,12 +26,18 @@ def main() -> None:
         work = Path(tmp)
         for n in (args.small, args.large):
             inputs = write_requests(work / f"in-{n}.jsonl", n)
-            m = run_measured(batchrun_args(inputs, work / f"out-{n}", url, "-c", str(args.concurrency)), env=env)
+            m = run_measured(
+                batchrun_args(inputs, work / f"out-{n}", url, "-c", str(args.concurrency)), env=env
+            )
             peaks[n] = m.peak_rss_mb
-            print(f"{n:>8} lines: peak RSS {m.peak_rss_mb:.1f} MB · wall {m.wall_s:.1f} s · exit {m.returncode}")
+            print(
+                f"{n:>8} lines: peak RSS {m.peak_rss_mb:.1f} MB · wall {m.wall_s:.1f} s · exit {m.returncode}"
+            )
     ratio = peaks[args.large] / peaks[args.small]
-    print(f"peak RSS {args.large} / {args.small} lines: {ratio:.3f}x (target <= 1.3x, and < 200 MB: "
-          f"{peaks[args.large]:.1f} MB)")
+    print(
+        f"peak RSS {args.large} / {args.small} lines: {ratio:.3f}x (target <= 1.3x, and < 200 MB: "
+        f"{peaks[args.large]:.1f} MB)"
+    )
 
 
 if __name__ == "__main__":

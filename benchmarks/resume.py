@@ -35,13 +35,24 @@ def finished_outdir(inputs: Path, outdir: Path) -> None:
     lock, state = open_outdir(config, scan)
     writer = ResultWriter(Paths(outdir), state)
     batch = []
-    for request in iter_requests(inputs, LineParser(InputFormat.PLAIN), config.max_line_bytes,
-                                 skip=lambda i: False):
+    for request in iter_requests(
+        inputs, LineParser(InputFormat.PLAIN), config.max_line_bytes, skip=lambda i: False
+    ):
         response = {
-            "id": f"cmpl-{request.index:08x}", "object": "chat.completion", "created": 1764000000,
+            "id": f"cmpl-{request.index:08x}",
+            "object": "chat.completion",
+            "created": 1764000000,
             "model": "mistral-small-latest",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": f"Echo: Review {request.index} positive"}}],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {
+                        "role": "assistant",
+                        "content": f"Echo: Review {request.index} positive",
+                    },
+                }
+            ],
             "usage": {"prompt_tokens": 31, "completion_tokens": 4, "total_tokens": 35},
         }
         batch.append(ok_record(request, response, attempts=1, latency_ms=12.5))  # type: ignore[arg-type]
@@ -66,16 +77,36 @@ def main() -> None:
         outdir = work / "out"
         started = time.perf_counter()
         finished_outdir(inputs, outdir)
-        print(f"built a finished OUTDIR of {args.requests:,} lines in {time.perf_counter() - started:.1f} s")
+        print(
+            f"built a finished OUTDIR of {args.requests:,} lines in {time.perf_counter() - started:.1f} s"
+        )
         started = time.perf_counter()
-        subprocess.run(["wc", "-l", str(outdir / "journal.jsonl")], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["wc", "-l", str(outdir / "journal.jsonl")], check=True, stdout=subprocess.DEVNULL
+        )
         wc_s = time.perf_counter() - started
-        m = run_measured([PYTHON, "-m", "batchrun", "run", str(inputs), "-o", str(outdir), "--quiet",
-                          "--json", "--base-url", "http://127.0.0.1:9"], env={"MISTRAL_API_KEY": "x"})
+        m = run_measured(
+            [
+                PYTHON,
+                "-m",
+                "batchrun",
+                "run",
+                str(inputs),
+                "-o",
+                str(outdir),
+                "--quiet",
+                "--json",
+                "--base-url",
+                "http://127.0.0.1:9",
+            ],
+            env={"MISTRAL_API_KEY": "x"},
+        )
         summary = orjson.loads((outdir / "summary.json").read_bytes())
     sent = summary["session"]["requests_sent"]
-    print(f"resume of a finished {args.requests:,}-line run: {m.wall_s:.2f} s wall, {m.cpu_s:.2f} s CPU, "
-          f"peak RSS {m.peak_rss_mb:.0f} MB, requests sent {sent}, exit {m.returncode}")
+    print(
+        f"resume of a finished {args.requests:,}-line run: {m.wall_s:.2f} s wall, {m.cpu_s:.2f} s CPU, "
+        f"peak RSS {m.peak_rss_mb:.0f} MB, requests sent {sent}, exit {m.returncode}"
+    )
     print(f"baseline wc -l journal.jsonl: {wc_s:.2f} s · ratio {m.wall_s / wc_s:.1f}x")
     if sent or m.returncode:
         sys.exit("the resume sent requests or failed")

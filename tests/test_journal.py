@@ -1,7 +1,8 @@
-"""Journal, ordered writer and resume scan, as properties over completion orders and crash points."""
+"""Journal, ordered writer and resume scan: properties over completion orders and crashes."""
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def indices(path: Path) -> list[int]:
 
 def batches_of(order: list[int], cuts: list[int]) -> list[list[int]]:
     edges = sorted({0, len(order), *[c % (len(order) + 1) for c in cuts]})
-    return [order[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    return [order[a:b] for a, b in itertools.pairwise(edges) if b > a]
 
 
 @settings(max_examples=60, deadline=None)
@@ -119,7 +120,9 @@ def test_retry_failed_redoes_only_retryable_failures(tmp_path: Path) -> None:
     write(tmp_path, state, [[3], [1]], failed=set())
     lock.release()
     assert indices(tmp_path / "results.jsonl") == [0, 1, 2, 3]
-    statuses = [orjson.loads(x)["status"] for x in (tmp_path / "results.jsonl").read_bytes().split()]
+    statuses = [
+        orjson.loads(x)["status"] for x in (tmp_path / "results.jsonl").read_bytes().split()
+    ]
     assert statuses == ["ok"] * 4
 
 

@@ -68,8 +68,10 @@ def test_huge_line_is_never_held_whole(tmp_path: Path) -> None:
         (b"[" * 5000 + b"]" * 5000, "invalid JSON"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
         (b'{"model": "m"}', "messages"),
-        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "1"}',
-         "temperature"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "1"}',
+            "temperature",
+        ),
         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "top_p": 3}', "top_p"),
     ],
 )
@@ -91,8 +93,11 @@ def write_lines(path: Path, objs: list[object]) -> Path:
 def test_formats_are_detected(tmp_path: Path) -> None:
     mistral = {"custom_id": "a", "body": {"messages": GOOD["messages"]}}
     openai = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": GOOD}
-    cases = [(GOOD, InputFormat.PLAIN), (mistral, InputFormat.MISTRAL_BATCH),
-             (openai, InputFormat.OPENAI_BATCH)]
+    cases = [
+        (GOOD, InputFormat.PLAIN),
+        (mistral, InputFormat.MISTRAL_BATCH),
+        (openai, InputFormat.OPENAI_BATCH),
+    ]
     for obj, fmt in cases:
         path = write_lines(tmp_path / f"{fmt}.jsonl", [obj])
         assert scan_input(path, 1 << 20).format is fmt
@@ -101,8 +106,9 @@ def test_formats_are_detected(tmp_path: Path) -> None:
 def test_mistral_batch_takes_model_from_cli(tmp_path: Path) -> None:
     line = {"custom_id": "a", "body": {"messages": GOOD["messages"]}}
     path = write_lines(tmp_path / "in.jsonl", [line])
-    without = list(iter_requests(path, LineParser(InputFormat.MISTRAL_BATCH), 1 << 20,
-                                 skip=lambda i: False))
+    without = list(
+        iter_requests(path, LineParser(InputFormat.MISTRAL_BATCH), 1 << 20, skip=lambda i: False)
+    )
     assert isinstance(without[0], BadLine)
     assert without[0].error.field == "model"
     parser = LineParser(InputFormat.MISTRAL_BATCH, default_model="mistral-small-latest")
@@ -190,7 +196,9 @@ def test_a_bad_line_is_reported_at_its_line_number(
     bad_line = b"{" + bad  # never a valid object
     data = sep.join([*before, bad_line, *after]) + sep
     parser = LineParser(InputFormat.PLAIN)
-    items = [parser.parse(raw, i) for i, raw in enumerate(iter_raw_lines(io.BytesIO(data), 1 << 20))]
+    items = [
+        parser.parse(raw, i) for i, raw in enumerate(iter_raw_lines(io.BytesIO(data), 1 << 20))
+    ]
     bad_items = [item for item in items if isinstance(item, BadLine)]
     assert len(bad_items) == 1
     assert bad_items[0].line == len(before) + 1

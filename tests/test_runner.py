@@ -20,8 +20,11 @@ OUTPUT_FILES = ("journal.jsonl", "results.jsonl", "errors.jsonl", "summary.json"
 
 
 def request(i: int, **extra: Any) -> dict[str, Any]:
-    return {"model": "mistral-small-latest",
-            "messages": [{"role": "user", "content": f"line-{i}"}], **extra}
+    return {
+        "model": "mistral-small-latest",
+        "messages": [{"role": "user", "content": f"line-{i}"}],
+        **extra,
+    }
 
 
 def faulty(i: int, fault: str, **mock: Any) -> dict[str, Any]:
@@ -29,8 +32,9 @@ def faulty(i: int, fault: str, **mock: Any) -> dict[str, Any]:
 
 
 def write_input(path: Path, lines: list[Any]) -> Path:
-    path.write_bytes(b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n"
-                              for x in lines))
+    path.write_bytes(
+        b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines)
+    )
     return path
 
 
@@ -56,11 +60,14 @@ def results(outdir: Path, name: str = "results.jsonl") -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in (outdir / name).read_bytes().splitlines()]
 
 
-def assert_complete(outdir: Path, count: int) -> list[dict[str, Any]]:
+def assert_complete(outdir: Path, count: int, redone: int = 0) -> list[dict[str, Any]]:
+    """results.jsonl is complete and ordered; the journal holds each line once, plus
+    `redone` superseded records of lines that were sent again on purpose."""
     records = results(outdir)
     assert [r["index"] for r in records] == list(range(count))
     journal = results(outdir, "journal.jsonl")
-    assert sorted(r["index"] for r in journal) == list(range(count))
+    assert sorted({r["index"] for r in journal}) == list(range(count))
+    assert len(journal) == count + redone
     errors = results(outdir, "errors.jsonl")
     assert errors == [r for r in records if r["status"] == "error"]
     return records
@@ -78,12 +85,18 @@ async def test_results_are_in_input_order_under_random_latency(
     for i, record in enumerate(records):
         assert record["status"] == "ok"
         assert record["line"] == i + 1
-        assert "line-%d" % i in record["response"]["choices"][0]["message"]["content"]
+        assert f"line-{i}" in record["response"]["choices"][0]["message"]["content"]
         assert record["attempts"] == 1
     assert server.requests_received == 300
     summary = report.summary
-    assert summary["counts"] == {"requests": 300, "done": 300, "ok": 300, "failed": 0,
-                                 "not_done": 0, "errors_by_type": {}}
+    assert summary["counts"] == {
+        "requests": 300,
+        "done": 300,
+        "ok": 300,
+        "failed": 0,
+        "not_done": 0,
+        "errors_by_type": {},
+    }
     usage_total = sum(r["response"]["usage"]["total_tokens"] for r in records)
     assert summary["tokens"]["total_tokens"] == usage_total
     assert summary["tokens_by_model"]["mistral-small-latest"]["requests"] == 300
@@ -97,15 +110,15 @@ async def test_each_fault_is_retried_or_recorded_per_policy(
 ) -> None:
     server = mock_server()
     lines = [
-        faulty(0, "500", times=2),          # retried: 3 attempts, ok
+        faulty(0, "500", times=2),  # retried: 3 attempts, ok
         faulty(1, "503", times=1),
         faulty(2, "429", times=1, retry_after=0.05),
         faulty(3, "drop", times=2),
         faulty(4, "invalid_json", times=1),
         faulty(5, "408", times=1),
-        faulty(6, "422"),                   # never retried
+        faulty(6, "422"),  # never retried
         faulty(7, "404"),
-        faulty(8, "502"),                   # always failing: max_attempts, then recorded
+        faulty(8, "502"),  # always failing: max_attempts, then recorded
         faulty(9, "redirect"),
         request(10),
     ]
@@ -114,13 +127,28 @@ async def test_each_fault_is_retried_or_recorded_per_policy(
     assert report.exit_code == 2
     records = assert_complete(tmp_path / "out", len(lines))
     outcome = [(r["status"], r["attempts"]) for r in records]
-    assert outcome == [("ok", 3), ("ok", 2), ("ok", 2), ("ok", 3), ("ok", 2), ("ok", 2),
-                       ("error", 1), ("error", 1), ("error", 4), ("error", 1), ("ok", 1)]
+    assert outcome == [
+        ("ok", 3),
+        ("ok", 2),
+        ("ok", 2),
+        ("ok", 3),
+        ("ok", 2),
+        ("ok", 2),
+        ("error", 1),
+        ("error", 1),
+        ("error", 4),
+        ("error", 1),
+        ("ok", 1),
+    ]
     assert records[6]["error"]["type"] == "http_status"
     assert records[6]["error"]["status_code"] == 422
     assert records[6]["error"]["retryable"] is False
-    assert records[8]["error"] == {**records[8]["error"], "type": "http_status",
-                                   "status_code": 502, "retryable": True}
+    assert records[8]["error"] == {
+        **records[8]["error"],
+        "type": "http_status",
+        "status_code": 502,
+        "retryable": True,
+    }
     assert records[9]["error"]["status_code"] == 307
     assert report.summary["counts"]["errors_by_type"] == {"http_status": 4}
     assert report.summary["attempts"]["total"] == sum(r["attempts"] for r in records)
@@ -262,7 +290,7 @@ async def test_retry_failed_resends_only_retryable_failures(
     plain_resume = await run(config_for(server, tmp_path, path, retry=retry))
     assert plain_resume.summary["session"]["requests_sent"] == 0
     second = await run(config_for(server, tmp_path, path, retry=retry, retry_failed=True))
-    records = assert_complete(tmp_path / "out", 4)
+    records = assert_complete(tmp_path / "out", 4, redone=1)
     assert [r["status"] for r in records] == ["ok", "ok", "error", "ok"]
     assert second.summary["session"]["requests_sent"] == 1
     assert second.exit_code == 2  # the 422 is still there
@@ -282,7 +310,8 @@ async def test_auth_failures_stop_the_run_and_resume_resends_them(
     healthy = mock_server()
     again = await run(config_for(healthy, tmp_path, path, concurrency=2))
     assert again.exit_code == 0
-    assert all(r["status"] == "ok" for r in assert_complete(tmp_path / "out", 200))
+    records = assert_complete(tmp_path / "out", 200, redone=3)  # the 3 x 401, sent again
+    assert all(r["status"] == "ok" for r in records)
 
 
 @pytest.mark.anyio
