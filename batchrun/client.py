@@ -1,24 +1,26 @@
-"""HTTP: one shared AsyncClient, one request sent, its outcome classified.
+"""HTTP: one shared aiohttp session, one request sent, its outcome classified.
 
 Every foreign exception and every non-200 status is translated here, at one boundary,
 into the batchrun error tree, so the retry policy only has to ask "transient or not".
+Why aiohttp and not httpx: see docs/architecture.md ("Transport choice", measured).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import orjson
-from httpx_aiohttp import AiohttpTransport
 
 from ._version import __version__
-from .config import Timeouts
+from .config import Timeouts, is_loopback
 from .errors import (
     AuthError,
     BadResponse,
@@ -36,6 +38,8 @@ __all__ = ["ChatClient", "Reply", "classify_status", "parse_retry_after"]
 
 RETRYABLE_STATUSES = frozenset({408, 409, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
+ACCEPT_JSON = {"accept": "application/json"}
+ACCEPT_EVENTS = {"accept": "text/event-stream"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,39 +51,38 @@ class Reply:
 class ChatClient:
     """Sends chat-completion bodies to one endpoint over a pool sized to the concurrency.
 
-    The transport is httpx-aiohttp: httpx's own pool re-scans every connection per
-    request, which costs ~15x more CPU at 64+ connections (docs/architecture.md)."""
+    Use as `async with ChatClient(...) as client`; the session needs a running loop."""
 
     def __init__(self, endpoint: str, api_key: str, *, concurrency: int, timeouts: Timeouts):
         self._endpoint = endpoint
+        self._concurrency = concurrency
         authorization = api_key if api_key.startswith("Bearer ") else f"Bearer {api_key}"
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self._client = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits, trust_env=False),
-            headers={
-                "authorization": authorization,
-                "content-type": "application/json",
-                "user-agent": f"batchrun/{__version__}",
-            },
-            # The pool never waits (it is as large as the worker count), so the pool
-            # timeout only guards against a bug, not against load.
-            timeout=httpx.Timeout(
-                connect=timeouts.connect,
-                read=timeouts.read,
-                write=timeouts.write,
-                pool=timeouts.connect,
-            ),
-            follow_redirects=False,
-            trust_env=False,
+        self._headers = {
+            "authorization": authorization,
+            "content-type": "application/json",
+            "user-agent": f"batchrun/{__version__}",
+        }
+        # sock_read bounds the silence between two reads: the whole reply for a plain
+        # request, the gap between events for a stream. `connect` includes the wait
+        # for a pooled connection, which never happens: the pool is as large as the
+        # worker count.
+        self._timeout = aiohttp.ClientTimeout(
+            connect=timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
-        self._stream_timeout = httpx.Timeout(
-            connect=timeouts.connect,
-            read=timeouts.stream_idle,
-            write=timeouts.write,
-            pool=timeouts.connect,
+        self._stream_timeout = aiohttp.ClientTimeout(
+            connect=timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.stream_idle
         )
+        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ChatClient:
+        host = urlsplit(self._endpoint).hostname or ""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=0),
+            headers=self._headers,
+            timeout=self._timeout,
+            # Proxies from the environment apply to remote APIs, never to this machine.
+            trust_env=not is_loopback(host),
+        )
         return self
 
     async def __aexit__(
@@ -88,60 +91,64 @@ class ChatClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def complete(self, payload: bytes, *, stream: bool = False) -> Reply:
         """Send one request; return the parsed reply or raise a `RequestFailed`."""
+        session = self._session
+        assert session is not None, "use ChatClient as an async context manager"
         if stream:
-            return await self._complete_streamed(payload)
+            return await self._complete_streamed(session, payload)
         try:
-            response = await self._client.post(
-                self._endpoint, content=payload, headers={"accept": "application/json"}
-            )
-        except httpx.HTTPError as exc:
-            raise _transport_failure(exc) from exc
-        if response.status_code != 200:
-            raise classify_status(response.status_code, response.content, response.headers)
-        return Reply(parse_completion(response.content))
+            async with session.post(
+                self._endpoint, data=payload, headers=ACCEPT_JSON, allow_redirects=False
+            ) as response:
+                body = await response.read()
+        except TimeoutError as exc:
+            raise Timeout(_describe(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise TransportFailure(_describe(exc)) from exc
+        if response.status != 200:
+            raise classify_status(response.status, body, response.headers)
+        return Reply(parse_completion(body))
 
-    async def _complete_streamed(self, payload: bytes) -> Reply:
+    async def _complete_streamed(self, session: aiohttp.ClientSession, payload: bytes) -> Reply:
         started = time.perf_counter()
         first_output: list[float] = []
 
         def on_first_output() -> None:
             first_output.append(time.perf_counter() - started)
 
-        request = self._client.build_request(
-            "POST",
-            self._endpoint,
-            content=payload,
-            headers={"accept": "text/event-stream"},
-            timeout=self._stream_timeout,
-        )
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise _transport_failure(exc) from exc
-        try:
-            if response.status_code != 200:
-                body = await _read_error_body(response)
-                raise classify_status(response.status_code, body, response.headers)
-            completion = await read_completion_stream(response.aiter_raw(), on_first_output)
-        except httpx.TimeoutException as exc:
-            raise Timeout(f"stream idle: {_describe(exc)}") from exc
-        except httpx.HTTPError as exc:
-            raise StreamTruncated(f"connection lost mid-stream: {_describe(exc)}") from exc
-        finally:
-            await response.aclose()
+            async with session.post(
+                self._endpoint,
+                data=payload,
+                headers=ACCEPT_EVENTS,
+                allow_redirects=False,
+                timeout=self._stream_timeout,
+            ) as response:
+                if response.status != 200:
+                    body = await response.read()
+                    raise classify_status(response.status, body, response.headers)
+                completion = await self._read_stream(response, on_first_output)
+        except TimeoutError as exc:
+            raise Timeout(_describe(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise TransportFailure(_describe(exc)) from exc
         _check_finish(completion)
         return Reply(completion, first_output[0] if first_output else None)
 
-
-async def _read_error_body(response: httpx.Response) -> bytes:
-    try:
-        return await response.aread()
-    except httpx.HTTPError:
-        return b""
+    @staticmethod
+    async def _read_stream(
+        response: aiohttp.ClientResponse, on_first_output: Any
+    ) -> dict[str, Any]:
+        try:
+            return await read_completion_stream(response.content.iter_any(), on_first_output)
+        except TimeoutError as exc:
+            raise Timeout(f"stream idle: {_describe(exc)}") from exc
+        except aiohttp.ClientError as exc:
+            raise StreamTruncated(f"connection lost mid-stream: {_describe(exc)}") from exc
 
 
 def _describe(exc: BaseException) -> str:
@@ -149,13 +156,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _transport_failure(exc: httpx.HTTPError) -> RequestFailed:
-    if isinstance(exc, httpx.TimeoutException):
-        return Timeout(_describe(exc))
-    return TransportFailure(_describe(exc))
-
-
-def classify_status(status: int, body: bytes, headers: httpx.Headers) -> RequestFailed:
+def classify_status(status: int, body: bytes, headers: Mapping[str, str]) -> RequestFailed:
     """Map a non-200 reply onto the error tree (3xx included: redirects are not followed)."""
     if status == 429:
         return RateLimited(body, parse_retry_after(headers))
@@ -166,7 +167,7 @@ def classify_status(status: int, body: bytes, headers: httpx.Headers) -> Request
     return ClientError(status, body)
 
 
-def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait, from `retry-after-ms` (preferred) or `Retry-After` (seconds or an
     HTTP date); None when absent or unusable, so the caller falls back to backoff."""
     millis = _finite(headers.get("retry-after-ms"))

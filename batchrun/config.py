@@ -33,7 +33,6 @@ class Timeouts:
 
     connect: float = 10.0
     read: float = 300.0
-    write: float = 30.0
     stream_idle: float = 60.0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 from tenacity import (
@@ -26,6 +27,7 @@ from .errors import RateLimited, TransientError
 
 __all__ = ["RetryBudget", "RetryPolicy", "SharedPause"]
 
+T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
@@ -113,6 +115,25 @@ class RetryPolicy:
         """A fresh retry loop for one line (`async for attempt in policy.retrying()`)."""
         self.budget.deposit()
         return self._template.copy()
+
+    async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt` under the policy: the same as `retrying()`, but the first
+        attempt runs outside tenacity's bookkeeping, which costs more CPU than a whole
+        request; most lines never need a second one."""
+        await self.pause.wait()
+        try:
+            return await attempt()
+        except TransientError as exc:
+            first: TransientError | None = exc
+        async for state in self.retrying():
+            with state:
+                if first is not None:
+                    # Replay the first failure so tenacity counts it and waits as usual.
+                    error, first = first, None
+                    raise error
+                await self.pause.wait()
+                return await attempt()
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     def wait_seconds(self, retry_state: RetryCallState) -> float:
         """Backoff before the next attempt. A Retry-After is applied as the shared pause

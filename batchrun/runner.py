@@ -185,24 +185,24 @@ class _Run:
 
     async def _process(self, request: Request) -> Completed:
         stats = self.stats
-        stats.in_flight += 1
         attempts = 0
         started = 0.0
-        reply: Reply | None = None
+
+        async def attempt() -> Reply:
+            nonlocal attempts, started
+            attempts += 1
+            stats.sent += 1
+            started = time.perf_counter()
+            return await self.client.complete(request.payload, stream=request.stream)
+
+        stats.in_flight += 1
         try:
-            async for attempt in self.policy.retrying():
-                with attempt:
-                    await self.policy.pause.wait()
-                    attempts += 1
-                    stats.sent += 1
-                    started = time.perf_counter()
-                    reply = await self.client.complete(request.payload, stream=request.stream)
+            reply = await self.policy.call(attempt)
         except RequestFailed as exc:
             return self._failed(request, exc, attempts, started)
         finally:
             stats.in_flight -= 1
             stats.retries += max(0, attempts - 1)
-        assert reply is not None  # tenacity returns only after a successful attempt
         return self._succeeded(request, reply, attempts, started)
 
     def _succeeded(

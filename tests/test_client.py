@@ -6,7 +6,6 @@ from collections.abc import Callable
 from email.utils import formatdate
 
 import anyio
-import httpx
 import orjson
 import pytest
 
@@ -48,7 +47,7 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
     ],
 )
 def test_statuses_map_to_the_error_tree(status: int, kind: type, transient: bool) -> None:
-    error = classify_status(status, b"x" * 5000, httpx.Headers())
+    error = classify_status(status, b"x" * 5000, {})
     assert type(error) is kind
     assert isinstance(error, TransientError) is transient
     record = error.to_record()
@@ -58,15 +57,15 @@ def test_statuses_map_to_the_error_tree(status: int, kind: type, transient: bool
 
 
 def test_retry_after_forms() -> None:
-    assert parse_retry_after(httpx.Headers({"retry-after": "2"})) == 2.0
-    assert parse_retry_after(httpx.Headers({"retry-after": "0.25"})) == 0.25
-    both = httpx.Headers({"retry-after": "9", "retry-after-ms": "150"})
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after": "0.25"}) == 0.25
+    both = {"retry-after": "9", "retry-after-ms": "150"}
     assert parse_retry_after(both) == 0.15
-    date = httpx.Headers({"retry-after": formatdate(1_000_030, usegmt=True)})
+    date = {"retry-after": formatdate(1_000_030, usegmt=True)}
     assert parse_retry_after(date, now=1_000_000) == pytest.approx(30, abs=1)
     for junk in ("soon", "-1", "0", "nan", "inf"):
-        assert parse_retry_after(httpx.Headers({"retry-after": junk})) is None
-    assert parse_retry_after(httpx.Headers()) is None
+        assert parse_retry_after({"retry-after": junk}) is None
+    assert parse_retry_after({}) is None
 
 
 def test_200_bodies_that_are_not_completions_are_bad_responses() -> None:

@@ -32,12 +32,17 @@ def test_data_lines_comments_and_fields() -> None:
 
 def test_crlf_and_cr_line_endings() -> None:
     assert decode(b"data: a\r\n\r\ndata: b\r\rdata: c\n\n") == [
-        SSEEvent("a"), SSEEvent("b"), SSEEvent("c")
+        SSEEvent("a"),
+        SSEEvent("b"),
+        SSEEvent("c"),
     ]
 
 
 def test_cr_and_lf_split_across_reads_is_one_line_end() -> None:
-    assert decode(b"data: a\r", b"\n\r", b"\ndata: b\r\n", b"\r\n") == [SSEEvent("a"), SSEEvent("b")]
+    assert decode(b"data: a\r", b"\n\r", b"\ndata: b\r\n", b"\r\n") == [
+        SSEEvent("a"),
+        SSEEvent("b"),
+    ]
 
 
 def test_event_without_data_is_not_dispatched() -> None:
@@ -84,7 +89,11 @@ events = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(events=events, ending=st.sampled_from(["\n", "\r\n", "\r"]), cuts=st.lists(st.integers(0, 10_000)))
+@given(
+    events=events,
+    ending=st.sampled_from(["\n", "\r\n", "\r"]),
+    cuts=st.lists(st.integers(0, 10_000)),
+)
 def test_any_split_of_any_stream_gives_the_same_events(
     events: list[tuple[list[str], str | None, bool]], ending: str, cuts: list[int]
 ) -> None:

@@ -16,7 +16,9 @@ HEAD = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 5, "model"
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 
 
-def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0, **extra: Any) -> dict[str, Any]:
+def chunk(
+    delta: dict[str, Any], finish: str | None = None, index: int = 0, **extra: Any
+) -> dict[str, Any]:
     return {**HEAD, "choices": [{"index": index, "delta": delta, "finish_reason": finish}], **extra}
 
 
@@ -35,25 +37,54 @@ def test_content_is_concatenated_and_shaped_like_a_plain_reply() -> None:
         + [chunk({}, "stop", usage=USAGE)]
     )
     assert response == {
-        "id": "cmpl-1", "object": "chat.completion", "created": 5, "model": "m",
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": "Hello, world"}}],
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "created": 5,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "Hello, world"},
+            }
+        ],
         "usage": USAGE,
     }
 
 
 def test_tool_calls_are_assembled_by_index() -> None:
-    response = assemble([
-        chunk({"role": "assistant", "tool_calls": [
-            {"index": 0, "id": "call_a", "type": "function",
-             "function": {"name": "search", "arguments": '{"q": '}}]}),
-        chunk({"tool_calls": [{"index": 1, "id": "call_b", "function": {"name": "fetch",
-                                                                       "arguments": '{"url"'}}]}),
-        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"cats", '}}]}),
-        chunk({"tool_calls": [{"index": 1, "function": {"arguments": ': "x"}'}}]}),
-        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"n": 2}'}}]}),
-        chunk({}, "tool_calls"),
-    ])
+    response = assemble(
+        [
+            chunk(
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_a",
+                            "type": "function",
+                            "function": {"name": "search", "arguments": '{"q": '},
+                        }
+                    ],
+                }
+            ),
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 1,
+                            "id": "call_b",
+                            "function": {"name": "fetch", "arguments": '{"url"'},
+                        }
+                    ]
+                }
+            ),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"cats", '}}]}),
+            chunk({"tool_calls": [{"index": 1, "function": {"arguments": ': "x"}'}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"n": 2}'}}]}),
+            chunk({}, "tool_calls"),
+        ]
+    )
     message = response["choices"][0]["message"]
     assert message["content"] is None
     calls = message["tool_calls"]
@@ -65,22 +96,26 @@ def test_tool_calls_are_assembled_by_index() -> None:
 
 
 def test_object_arguments_are_kept_whole() -> None:
-    response = assemble([
-        chunk({"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"a": 1}}}]}),
-        chunk({}, "tool_calls"),
-    ])
+    response = assemble(
+        [
+            chunk({"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"a": 1}}}]}),
+            chunk({}, "tool_calls"),
+        ]
+    )
     assert response["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
 
 
 def test_interleaved_choices_and_last_usage() -> None:
-    response = assemble([
-        chunk({"content": "a"}, index=0),
-        chunk({"content": "x"}, index=1),
-        chunk({"content": "b"}, index=0),
-        chunk({"content": "y"}, index=1, usage={"total_tokens": 1}),
-        chunk({}, "stop", index=1),
-        chunk({}, "length", index=0, usage=USAGE),
-    ])
+    response = assemble(
+        [
+            chunk({"content": "a"}, index=0),
+            chunk({"content": "x"}, index=1),
+            chunk({"content": "b"}, index=0),
+            chunk({"content": "y"}, index=1, usage={"total_tokens": 1}),
+            chunk({}, "stop", index=1),
+            chunk({}, "length", index=0, usage=USAGE),
+        ]
+    )
     assert [c["message"]["content"] for c in response["choices"]] == ["ab", "xy"]
     assert [c["finish_reason"] for c in response["choices"]] == ["length", "stop"]
     assert response["usage"] == USAGE
@@ -88,11 +123,13 @@ def test_interleaved_choices_and_last_usage() -> None:
 
 def test_thinking_chunks_are_kept_in_order() -> None:
     think = {"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]}
-    response = assemble([
-        chunk({"content": [think]}),
-        chunk({"content": [{"type": "text", "text": "answer"}]}),
-        chunk({}, "stop"),
-    ])
+    response = assemble(
+        [
+            chunk({"content": [think]}),
+            chunk({"content": [{"type": "text", "text": "answer"}]}),
+            chunk({}, "stop"),
+        ]
+    )
     assert response["choices"][0]["message"]["content"] == [
         {"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]},
         {"type": "text", "text": "answer"},
@@ -118,7 +155,8 @@ def test_first_output_ignores_the_role_only_chunk() -> None:
 
 def sse(*chunks: dict[str, Any] | str) -> bytes:
     return b"".join(
-        b"data: " + (c.encode() if isinstance(c, str) else orjson.dumps(c)) + b"\n\n" for c in chunks
+        b"data: " + (c.encode() if isinstance(c, str) else orjson.dumps(c)) + b"\n\n"
+        for c in chunks
     )
 
 
@@ -136,8 +174,13 @@ async def read(data: bytes) -> tuple[dict[str, Any], int]:
 
 @pytest.mark.anyio
 async def test_read_stream_until_done() -> None:
-    data = sse(chunk({"role": "assistant", "content": ""}), chunk({"content": "hé"}),
-               chunk({"content": "llo"}), chunk({}, "stop", usage=USAGE), "[DONE]")
+    data = sse(
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "hé"}),
+        chunk({"content": "llo"}),
+        chunk({}, "stop", usage=USAGE),
+        "[DONE]",
+    )
     data += b"data: ignored after done\n\n"
     response, first_output_calls = await read(data)
     assert response["choices"][0]["message"]["content"] == "héllo"
