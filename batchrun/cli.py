@@ -7,6 +7,7 @@ e.g. BATCHRUN_RUN_CONCURRENCY=64.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -188,7 +189,8 @@ def _run_or_exit(
     try:
         config = RunConfig(**config_args)  # type: ignore[arg-type]
         return anyio.run(
-            lambda: run_batch(config, api_key=api_key, console=err, show_progress=show_progress)
+            lambda: run_batch(config, api_key=api_key, console=err, show_progress=show_progress),
+            backend_options=_loop_options(),
         )
     except BatchrunError as exc:
         err.print(f"[red]error[/]: {exc}", highlight=False)
@@ -196,6 +198,12 @@ def _run_or_exit(
     except KeyboardInterrupt:
         err.print("interrupted before the run started; nothing was sent")
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _loop_options() -> dict[str, bool]:
+    """uvloop where it is installed (Linux/macOS): it halves the event loop's share of
+    the CPU per request (benchmarks/client_cpu.py); plain asyncio elsewhere."""
+    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
 @contextlib.contextmanager

@@ -178,10 +178,13 @@ class _Run:
             async for request in work_recv:
                 sent_log.mark(request.index)
                 completed = await self._process(request)
-                # A reply we paid for must reach the journal even if we are being
-                # cancelled; the writer always drains, so this cannot hang.
-                with anyio.CancelScope(shield=True):
-                    await done_send.send(completed)
+                try:
+                    done_send.send_nowait(completed)
+                except anyio.WouldBlock:
+                    # A reply we paid for must reach the journal even if we are being
+                    # cancelled; the writer always drains, so this cannot hang.
+                    with anyio.CancelScope(shield=True):
+                        await done_send.send(completed)
 
     async def _process(self, request: Request) -> Completed:
         stats = self.stats

@@ -364,7 +364,22 @@ def validate_body(body: Mapping[str, Any], *, model_required: bool = True) -> li
     return warnings
 
 
+CROSS_FIELDS = frozenset(
+    {
+        "tool_choice",
+        "tools",
+        "min_tokens",
+        "top_logprobs",
+        "temperature",
+        "response_format",
+        *OPEN_ENUMS,
+    }
+)
+
+
 def _cross_checks(body: Mapping[str, Any], warnings: list[str]) -> None:
+    if CROSS_FIELDS.isdisjoint(body):
+        return  # the common case: nothing that depends on another field
     _tool_choice_needs_tools(body)
     max_tokens, min_tokens = body.get("max_tokens"), body.get("min_tokens")
     if isinstance(max_tokens, int) and isinstance(min_tokens, int) and min_tokens > max_tokens:

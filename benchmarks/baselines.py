@@ -1,6 +1,6 @@
 """Baseline clients the benchmarks compare batchrun against, each run as its own process.
 
-    python benchmarks/baselines.py aiohttp|httpx|httpx-aiohttp URL INPUT CONCURRENCY
+    python benchmarks/baselines.py aiohttp|aiohttp-uvloop|httpx|httpx-aiohttp URL INPUT CONCURRENCY
 
 Each sends every line of INPUT as a POST /v1/chat/completions with CONCURRENCY workers
 and parses the JSON reply: the floor a Python client can reach, with nothing else.
@@ -72,6 +72,10 @@ def main() -> None:
     lines = [line for line in Path(input_path).read_bytes().splitlines() if line.strip()]
     if kind == "aiohttp":
         asyncio.run(with_aiohttp(url, lines, int(concurrency)))
+    elif kind == "aiohttp-uvloop":
+        import uvloop
+
+        uvloop.run(with_aiohttp(url, lines, int(concurrency)))
     else:
         asyncio.run(with_httpx(url, lines, int(concurrency), kind == "httpx-aiohttp"))
 

@@ -41,6 +41,8 @@ def main() -> None:
         rows = []
         aio = run_measured([PYTHON, str(BASELINES), "aiohttp", url, str(inputs), c])
         rows.append(("plain aiohttp loop", aio, args.requests))
+        aio_uv = run_measured([PYTHON, str(BASELINES), "aiohttp-uvloop", url, str(inputs), c])
+        rows.append(("plain aiohttp loop on uvloop", aio_uv, args.requests))
         ours = run_measured(batchrun_args(inputs, work / "out", url, "-c", c), env=env)
         rows.append(("batchrun run", ours, args.requests))
         hx_aio = run_measured([PYTHON, str(BASELINES), "httpx-aiohttp", url, str(inputs), c])
@@ -52,6 +54,8 @@ def main() -> None:
             print(f"{name:32} {n:9d} {m.wall_s:8.2f} {m.cpu_s:8.2f} {per_request_ms(m, n):11.3f}")
         ratio = per_request_ms(ours, args.requests) / per_request_ms(aio, args.requests)
         print(f"batchrun / plain aiohttp CPU per request: {ratio:.2f}x (target <= 3x)")
+        same_loop = per_request_ms(ours, args.requests) / per_request_ms(aio_uv, args.requests)
+        print(f"batchrun / plain aiohttp on the same event loop (uvloop): {same_loop:.2f}x")
         if ours.returncode != 0:
             sys.exit(f"batchrun exited {ours.returncode}")
 
