@@ -81,12 +81,17 @@ def main() -> None:
     help="Model for lines that name none (required for Mistral batch lines without one).",
 )
 @click.option("--mock", is_flag=True, help="Start the built-in mock server and run against it.")
-@click.option("--mock-latency-ms", default=20.0, show_default=True, help="With --mock.")
+@click.option(
+    "--mock-latency-ms",
+    default=250.0,
+    show_default=True,
+    help="With --mock: server latency per request.",
+)
 @click.option(
     "--mock-fail-rate",
-    default=0.0,
+    default=0.03,
     show_default=True,
-    help="With --mock: share of requests answered with a transient fault.",
+    help="With --mock: share of requests answered with a transient fault (retried).",
 )
 @click.option("--fresh", is_flag=True, help="Discard OUTDIR's previous state and start over.")
 @click.option(

@@ -75,7 +75,8 @@ def validation_error(request: object) -> dict[str, Any] | None:
     if not isinstance(messages, list) or not messages:
         return _detail(["body", "messages"], "Field required", "missing")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in ROLES:
             return _detail(["body", "messages", i, "role"], "Input tag does not match", "union_tag")
     return None
 

@@ -260,7 +260,7 @@ def _messages(value: Any, warnings: list[str]) -> None:
         if not isinstance(message, dict):
             raise _fail(path, f"must be an object, got {_describe(message)}")
         role = message.get("role")
-        if role not in ROLE_CHECKS:
+        if not isinstance(role, str) or role not in ROLE_CHECKS:
             raise _fail(f"{path}.role", f"must be one of {', '.join(ROLES)}; got {_describe(role)}")
         ROLE_CHECKS[role](message, path, warnings)
         if message.get("prefix") is True and i != len(value) - 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -65,7 +66,18 @@ def test_help_has_examples(command: list[str]) -> None:
 def test_mock_run_through_click(tmp_path: Path) -> None:
     path = write_input(tmp_path / "in.jsonl", 30)
     result = CliRunner().invoke(
-        main, ["run", str(path), "--mock", "--mock-latency-ms", "1", "--quiet", "--json"]
+        main,
+        [
+            "run",
+            str(path),
+            "--mock",
+            "--mock-latency-ms",
+            "1",
+            "--mock-fail-rate",
+            "0",
+            "--quiet",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = orjson.loads(result.stdout)
@@ -180,3 +192,20 @@ def test_kill_9_soak(mock_server: Callable[..., MockServer], tmp_path: Path) -> 
     log = tmp_path / "requests.log"
     server = mock_server(latency_ms=2, jitter_ms=20, request_log=log)
     kill_trials(server, log, tmp_path, lines=3000, trials=15, seed=99)
+
+
+def test_readme_command_reference_matches_the_cli() -> None:
+    sys.path.insert(0, str(REPO / "docs"))
+    import cli_help
+
+    readme = cli_help.README.read_text()
+    assert "<!-- help:run -->" in readme and "<!-- help:mock-server -->" in readme
+    assert cli_help.updated(readme) == readme, "run: python docs/cli_help.py"
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    assert "batchrun run jobs/demo.jsonl --mock" in blocks[0]
+    assert blocks[1] == "bash .ci/run"
+    assert len((REPO / "jobs" / "demo.jsonl").read_bytes().splitlines()) >= 200
