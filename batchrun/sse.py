@@ -39,6 +39,10 @@ class SSEDecoder:
         return bool(self._buffer) or bool(self._data)
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._is_one_plain_event(chunk):
+            # The common case on the wire: one read = one `data: ...\n\n` event. Same
+            # result as the general path below, at a fraction of its cost.
+            return [SSEEvent(chunk[6:-2].decode("utf-8", "replace"), "message", self._last_id)]
         if self._after_cr and chunk[:1] == b"\n":
             chunk = chunk[1:]
         if chunk:
@@ -59,6 +63,19 @@ class SSEDecoder:
         for line in lines:
             self._line(line, events)
         return events
+
+    def _is_one_plain_event(self, chunk: bytes) -> bool:
+        return (
+            not self._at_start
+            and not self._buffer
+            and not self._data
+            and not self._event
+            and not self._after_cr
+            and chunk.startswith(b"data: ")
+            and chunk.endswith(b"\n\n")
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+        )
 
     def close(self) -> list[SSEEvent]:
         """End of stream: an event without its blank line is discarded, per the spec."""
