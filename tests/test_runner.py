@@ -307,10 +307,12 @@ async def test_auth_failures_stop_the_run_and_resume_resends_them(
     assert report.summary["status"] == "aborted"
     assert "consecutive HTTP 401" in report.summary["reason"]
     assert denying.requests_received < 20  # stopped early, not 200 failures
+    recorded = len(results(tmp_path / "out", "journal.jsonl"))  # the streak, and any in flight
+    assert 3 <= recorded <= 4
     healthy = mock_server()
     again = await run(config_for(healthy, tmp_path, path, concurrency=2))
     assert again.exit_code == 0
-    records = assert_complete(tmp_path / "out", 200, redone=3)  # the 3 x 401, sent again
+    records = assert_complete(tmp_path / "out", 200, redone=recorded)  # the 401s, sent again
     assert all(r["status"] == "ok" for r in records)
 
 
@@ -350,3 +352,42 @@ async def test_mixed_streamed_and_plain_lines(
     assert text.count("line-4") == 1  # the cut attempt left no partial text behind
     assert records[4]["attempts"] == 2
     assert report.summary["ttft_ms"]["p50"] > 0
+
+
+@pytest.mark.anyio
+async def test_streamed_tool_calls_match_the_plain_reply(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server(stream_chunks=7)
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    lines = [
+        request(0, tools=[tool], tool_choice="any"),
+        request(0, tools=[tool], tool_choice="any", stream=True),
+    ]
+    path = write_input(tmp_path / "in.jsonl", lines)
+    report = await run(config_for(server, tmp_path, path))
+    assert report.exit_code == 0
+    plain, streamed = (r["response"]["choices"][0] for r in assert_complete(tmp_path / "out", 2))
+    assert streamed["finish_reason"] == plain["finish_reason"] == "tool_calls"
+    (plain_call,) = plain["message"]["tool_calls"]
+    (streamed_call,) = streamed["message"]["tool_calls"]
+    assert streamed_call["id"] == plain_call["id"]
+    assert streamed_call["function"] == plain_call["function"]  # arguments joined from pieces
+
+
+@pytest.mark.anyio
+async def test_streamed_runs_resume_like_plain_ones(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    log = tmp_path / "requests.log"
+    server = mock_server(request_log=log)
+    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(30)])
+    first = await run(config_for(server, tmp_path, path, stream=True, limit=12))
+    assert first.summary["counts"]["done"] == 12
+    second = await run(config_for(server, tmp_path, path, stream=True))
+    assert second.exit_code == 0
+    records = assert_complete(tmp_path / "out", 30)
+    assert all(r["ttft_ms"] > 0 for r in records)
+    sent = [orjson.loads(line)["content"] for line in log.read_bytes().splitlines()]
+    assert sorted(sent) == sorted(f"line-{i}" for i in range(30))
+    assert second.summary["ttft_ms"]["p99"] >= second.summary["ttft_ms"]["p50"] > 0
