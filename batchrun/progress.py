@@ -45,7 +45,8 @@ class LiveStats:
         tokens = self.total_tokens / self.elapsed
         return (
             f"ok {self.ok + self.done_before:,} · failed {self.failed:,} · "
-            f"in flight {self.in_flight} · {rate:,.0f} req/s · {tokens:,.0f} tok/s"
+            f"in flight {self.in_flight} · retries {self.retries:,} · "
+            f"{rate:,.0f} req/s · {tokens:,.0f} tok/s"
         )
 
 
@@ -56,7 +57,7 @@ class ProgressDisplay:
         self._stats = stats
         self._console = console or Console(stderr=True)
         self._live = self._console.is_terminal
-        self._last_plain = 0.0
+        self._last_plain = time.monotonic()  # first plain line after an interval, not at 0
         self._progress = Progress(
             TextColumn("[bold]batchrun"),
             BarColumn(),

@@ -195,6 +195,7 @@ class _Run:
             nonlocal attempts, started
             attempts += 1
             stats.sent += 1
+            stats.retries += attempts > 1
             started = time.perf_counter()
             return await self.client.complete(request.payload, stream=request.stream)
 
@@ -205,7 +206,6 @@ class _Run:
             return self._failed(request, exc, attempts, started)
         finally:
             stats.in_flight -= 1
-            stats.retries += max(0, attempts - 1)
         return self._succeeded(request, reply, attempts, started)
 
     def _succeeded(
