@@ -160,6 +160,8 @@ class _Run:
             limit=self.config.limit,
         )
         async with work_send, done_send:
+            if self.stats.done_before >= self.stats.total:
+                return  # a finished run resumed: nothing to read, nothing to send
             with self._dispatch_scope:
                 for item in lines:
                     if isinstance(item, BadLine):

@@ -18,6 +18,11 @@ from .journal import Paths, _write_atomic
 __all__ = ["SessionInfo", "Totals", "build_summary", "percentiles", "write_summary"]
 
 PERCENTILES = (50, 90, 99)
+TOKEN_KEYS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) else 0
 
 
 @dataclass
@@ -47,20 +52,22 @@ class Totals:
         response = record.get("response") or {}
         usage = response.get("usage") or {}
         model = str(response.get("model") or "unknown")
-        tokens = self.tokens_by_model.setdefault(
-            model, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        )
+        tokens = self.tokens_by_model.get(model)
+        if tokens is None:  # not setdefault: that would build a dict for every record
+            tokens = self.tokens_by_model[model] = dict.fromkeys(TOKEN_KEYS, 0)
         tokens["requests"] += 1
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            tokens[key] += int(usage.get(key) or 0)
+        prompt = _count(usage.get("prompt_tokens"))
+        completion = _count(usage.get("completion_tokens"))
+        tokens["prompt_tokens"] += prompt
+        tokens["completion_tokens"] += completion
+        tokens["total_tokens"] += _count(usage.get("total_tokens"))
         latency = record.get("latency_ms")
         if isinstance(latency, int | float):
-            self.latencies_ms.append(float(latency))
+            self.latencies_ms.append(latency)
         ttft = record.get("ttft_ms")
         if isinstance(ttft, int | float) and isinstance(latency, int | float):
-            self.ttfts_ms.append(float(ttft))
+            self.ttfts_ms.append(ttft)
             generating_s = (latency - ttft) / 1000
-            completion = int(usage.get("completion_tokens") or 0)
             if generating_s > 0 and completion:
                 self.decode_tokens_per_s.append(completion / generating_s)
 
