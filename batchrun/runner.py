@@ -58,7 +58,10 @@ async def run_batch(
     `api_key` overrides the environment variable named by `config.api_key_env`."""
     key = api_key if api_key is not None else _read_key(config.api_key_env)
     scan = await anyio.to_thread.run_sync(scan_input, config.input_path, config.max_line_bytes)
-    lock, state = open_outdir(config, scan)
+    try:
+        lock, state = open_outdir(config, scan)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {config.outdir} as OUTDIR: {exc.strerror or exc}") from exc
     try:
         async with ChatClient(
             config.endpoint, key, concurrency=config.concurrency, timeouts=config.timeouts
@@ -319,7 +322,8 @@ class _Run:
         if self.interrupted:
             return "interrupted", EXIT_INTERRUPTED, "interrupted by signal; rerun to resume"
         if self.stats.done < self.scan.requests:
-            return "partial", EXIT_OK, f"--limit {self.config.limit}"
+            limited = self.config.limit is not None
+            return "partial", EXIT_OK, f"--limit {self.config.limit}" if limited else None
         return "complete", EXIT_OK, None
 
     def _extra(self) -> dict[str, Any]:

@@ -100,6 +100,18 @@ def test_bad_lines_exit_2_and_usage_errors_exit_1(tmp_path: Path) -> None:
     assert "unencrypted" in insecure.output
 
 
+def test_unusable_outdir_is_a_clear_error(tmp_path: Path) -> None:
+    path = write_input(tmp_path / "in.jsonl", 1)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(main, ["run", str(path), "--mock", "-q", "-o", str(blocker / "x")])
+    assert result.exit_code == 1
+    assert "cannot use" in result.output
+    missing = CliRunner().invoke(main, ["run", str(tmp_path / "nope.jsonl"), "--mock", "-q"])
+    assert missing.exit_code == 1
+    assert "cannot read" in missing.output
+
+
 def test_canary_key_never_appears_anywhere(tmp_path: Path) -> None:
     path = write_input(tmp_path / "in.jsonl", 20)
     path.write_bytes(path.read_bytes() + b"{broken\n")
