@@ -22,6 +22,7 @@ import orjson
 from ._version import __version__
 from .config import Timeouts, is_loopback
 from .errors import (
+    AUTH_STATUSES,
     AuthError,
     BadResponse,
     ClientError,
@@ -37,7 +38,6 @@ from .streaming import read_completion_stream
 __all__ = ["ChatClient", "Reply", "classify_status", "parse_retry_after"]
 
 RETRYABLE_STATUSES = frozenset({408, 409, 500, 502, 503, 504})
-AUTH_STATUSES = frozenset({401, 403})
 ACCEPT_JSON = {"accept": "application/json"}
 ACCEPT_EVENTS = {"accept": "text/event-stream"}
 

@@ -29,6 +29,9 @@ __all__ = [
     "TransportFailure",
 ]
 
+# Statuses that mean "this key is not allowed in": every other line would fail too.
+AUTH_STATUSES = frozenset({401, 403})
+
 # Error bodies are kept for diagnosis but bounded: a 50 MB HTML error page must not
 # end up in results.jsonl.
 BODY_EXCERPT_BYTES = 2048

@@ -20,15 +20,14 @@ import orjson
 
 from ._version import __version__
 from .config import RunConfig
-from .errors import ResumeRefused
+from .errors import AUTH_STATUSES, ResumeRefused
 from .reader import InputScan
 
-__all__ = ["OutdirLock", "Paths", "ResumeState", "open_outdir"]
+__all__ = ["OutdirLock", "Paths", "ResumeState", "open_outdir", "write_atomic"]
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 SCAN_CHUNK = 1 << 22
-AUTH_STATUSES = (401, 403)
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ def _load_or_create(paths: Paths, config: RunConfig, scan: InputScan) -> ResumeS
                 f"{paths.journal} exists without manifest.json; refusing to guess what it "
                 "belongs to. Use --fresh to start over."
             )
-        _write_atomic(paths.manifest, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        write_atomic(paths.manifest, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
         return ResumeState(requests=scan.requests, done=bytearray(scan.requests))
     _check_manifest(paths.manifest, manifest)
     return _scan_state(paths, scan.requests, retry_failed=config.retry_failed)
@@ -317,7 +316,7 @@ def _count_resent(path: Path, state: ResumeState) -> int:
     return sum(1 for i in sent if i < state.requests and not state.done[i] and i not in state.redo)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:

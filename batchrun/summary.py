@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .journal import Paths, _write_atomic
+from .journal import Paths, write_atomic
 
 __all__ = ["SessionInfo", "Totals", "build_summary", "percentiles", "write_summary"]
 
@@ -161,4 +161,4 @@ def build_summary(
 
 
 def write_summary(paths: Paths, summary: dict[str, Any]) -> None:
-    _write_atomic(paths.summary, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    write_atomic(paths.summary, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
