@@ -15,7 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import PYTHON, batchrun_args, mock_server, per_request_ms, run_measured, write_requests
+from harness import (
+    PYTHON,
+    batchrun_args,
+    mock_process,
+    per_request_ms,
+    run_measured,
+    write_requests,
+)
 
 BASELINES = Path(__file__).with_name("baselines.py")
 
@@ -33,13 +40,16 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true", help="batchrun with --stream too")
     args = parser.parse_args()
     c = str(args.concurrency)
-    with tempfile.TemporaryDirectory() as tmp, mock_server() as url:
+    with tempfile.TemporaryDirectory() as tmp, mock_process() as mock:
+        url = mock.url
         work = Path(tmp)
         inputs = write_requests(work / "in.jsonl", args.requests)
         small = write_requests(work / "small.jsonl", args.httpx_requests)
         env = {"MISTRAL_API_KEY": "bench"}
         rows = []
+        server_before = mock.cpu_s()
         aio = run_measured([PYTHON, str(BASELINES), "aiohttp", url, str(inputs), c])
+        server_ms = (mock.cpu_s() - server_before) * 1000 / args.requests
         rows.append(("plain aiohttp loop", aio, args.requests))
         aio_uv = run_measured([PYTHON, str(BASELINES), "aiohttp-uvloop", url, str(inputs), c])
         rows.append(("plain aiohttp loop on uvloop", aio_uv, args.requests))
@@ -54,6 +64,7 @@ def main() -> None:
             print(f"{name:32} {n:9d} {m.wall_s:8.2f} {m.cpu_s:8.2f} {per_request_ms(m, n):11.3f}")
         ratio = per_request_ms(ours, args.requests) / per_request_ms(aio, args.requests)
         print(f"batchrun / plain aiohttp CPU per request: {ratio:.2f}x (target <= 3x)")
+        print(f"mock server CPU per request (during the aiohttp run): {server_ms:.3f} ms")
         same_loop = per_request_ms(ours, args.requests) / per_request_ms(aio_uv, args.requests)
         print(f"batchrun / plain aiohttp on the same event loop (uvloop): {same_loop:.2f}x")
         if ours.returncode != 0:

@@ -59,9 +59,24 @@ def run_measured(
     return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode)
 
 
+def process_cpu_s(pid: int) -> float:
+    """User+system CPU seconds a live process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class MockProcess:
+    url: str
+    pid: int
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.pid)
+
+
 @contextlib.contextmanager
-def mock_server(*flags: str) -> Iterator[str]:
-    """`batchrun mock-server` in its own process (its CPU is not the client's); yields its URL."""
+def mock_process(*flags: str) -> Iterator[MockProcess]:
+    """`batchrun mock-server` in its own process (its CPU is not the client's)."""
     proc = subprocess.Popen(
         [PYTHON, "-m", "batchrun", "mock-server", "--port", "0", "--no-auth", *flags],
         stdout=subprocess.DEVNULL,
@@ -73,10 +88,17 @@ def mock_server(*flags: str) -> Iterator[str]:
         found = LISTENING.search(line)
         if not found:
             raise RuntimeError(f"mock server did not start: {line!r}")
-        yield found.group(1).decode()
+        yield MockProcess(found.group(1).decode(), proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def mock_server(*flags: str) -> Iterator[str]:
+    """The mock server in its own process; yields its URL."""
+    with mock_process(*flags) as mock:
+        yield mock.url
 
 
 def write_requests(path: Path, count: int, **extra: object) -> Path:
