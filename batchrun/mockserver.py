@@ -10,42 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
-from .mockreply import (
-    completion,
-    content_key,
-    digest,
-    error_body,
-    stream_events,
-    validation_error,
-)
+from .mockfaults import FAULT_KINDS, NON_STREAM_TWIN, MockConfig, MockRequest, MockState, Plan
+from .mockreply import completion, content_key, error_body, stream_events, validation_error
 
 __all__ = ["FAULT_KINDS", "MockConfig", "MockServer", "serve"]
 
-STATUS_FAULTS = ("429", "408", "409", "500", "502", "503", "504", "400", "401", "403", "404", "422")
-FAULT_KINDS: tuple[str, ...] = (
-    *STATUS_FAULTS,
-    "drop",
-    "hang",
-    "invalid_json",
-    "redirect",
-    "cut",
-    "stall",
-    "malformed",
-)
-RANDOM_FAULTS = ("500", "503", "429", "drop")
-# For a request that is not streamed, the stream-only faults fall back to their twin.
-NON_STREAM_TWIN = {"cut": "drop", "stall": "hang", "malformed": "invalid_json"}
 REASONS = {
     200: "OK",
     307: "Temporary Redirect",
@@ -65,148 +41,13 @@ REASONS = {
     504: "Gateway Timeout",
 }
 CHAT_PATH = "/v1/chat/completions"
-RPM_LIMIT, TPM_LIMIT = 100_000, 50_000_000
 MAX_HEAD = 64 * 1024
-
-
-@dataclass(frozen=True)
-class MockConfig:
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
-    fail_rate: float = 0.0
-    fault: str | None = None
-    seed: int = 0
-    stream_chunks: int = 8
-    stream_delay_ms: float = 0.0
-    retry_after_s: float = 1.0
-    require_auth: bool = True
-    request_log: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.fault is not None and self.fault not in FAULT_KINDS:
-            raise ValueError(f"unknown fault {self.fault!r}; one of {', '.join(FAULT_KINDS)}")
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    keep_alive: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What to do with one chat request, decided before any waiting."""
-
-    fault: str | None
-    delay_s: float
-    stream: bool
-    chunks: int
-    chunk_delay_s: float
-    retry_after: float
-    retry_after_ms: float | None
-
-
-class _State:
-    """Shared by every connection of one server: config, counters, the request log."""
-
-    def __init__(self, config: MockConfig) -> None:
-        self.config = config
-        self.rng = random.Random(config.seed)
-        self.arrivals: dict[bytes, int] = {}
-        self.received = 0
-        self.window = (0, 0)  # (minute, requests in it), for rate-limit headers
-        self.connections: set[_Connection] = set()
-        self.log: IO[bytes] | None = None
-        if config.request_log is not None:
-            self.log = config.request_log.open("ab")
-
-    def close(self) -> None:
-        for connection in list(self.connections):
-            connection.abort()
-        if self.log is not None:
-            self.log.close()
-
-    def record(self, request: dict[str, Any] | None, fault: str | None, stream: bool) -> None:
-        self.received += 1
-        if self.log is None:
-            return
-        content = None
-        if request and isinstance(request.get("messages"), list) and request["messages"]:
-            last = request["messages"][-1]
-            content = last.get("content") if isinstance(last, dict) else None
-        line = {
-            "content": content if isinstance(content, str) else None,
-            "fault": fault,
-            "stream": stream,
-        }
-        self.log.write(orjson.dumps(line) + b"\n")
-        self.log.flush()
-
-    def rate_headers(self, tokens: int) -> list[tuple[str, str]]:
-        minute = int(time.time() // 60)
-        count = self.window[1] + 1 if self.window[0] == minute else 1
-        self.window = (minute, count)
-        return [
-            ("x-ratelimit-limit-req-minute", str(RPM_LIMIT)),
-            ("x-ratelimit-remaining-req-minute", str(max(0, RPM_LIMIT - count))),
-            ("x-ratelimit-limit-tokens-minute", str(TPM_LIMIT)),
-            ("x-ratelimit-remaining-tokens-minute", str(max(0, TPM_LIMIT - count * tokens))),
-            ("x-ratelimit-tokens-query-cost", str(tokens)),
-        ]
-
-    def plan(self, request: _Request, body: dict[str, Any]) -> _Plan:
-        mock = (
-            (body.get("metadata") or {}).get("mock")
-            if isinstance(body.get("metadata"), dict)
-            else None
-        )
-        mock = mock if isinstance(mock, dict) else {}
-        config = self.config
-        fault, times = self._choose_fault(request.headers, mock)
-        if fault is not None and times is not None:
-            key = digest(request.body)
-            self.arrivals[key] = seen = self.arrivals.get(key, 0) + 1
-            if seen > times:
-                fault = None
-        stream = body.get("stream") is True
-        if fault in NON_STREAM_TWIN and not stream:
-            fault = NON_STREAM_TWIN[fault]
-        delay = config.latency_ms + float(mock.get("latency_ms", 0))
-        if config.jitter_ms:
-            delay += self.rng.uniform(0, config.jitter_ms)
-        return _Plan(
-            fault=fault,
-            delay_s=delay / 1000,
-            stream=stream,
-            chunks=int(mock.get("chunks", config.stream_chunks)),
-            chunk_delay_s=float(mock.get("chunk_delay_ms", config.stream_delay_ms)) / 1000,
-            retry_after=float(mock.get("retry_after", config.retry_after_s)),
-            retry_after_ms=mock.get("retry_after_ms"),
-        )
-
-    def _choose_fault(
-        self, headers: dict[str, str], mock: dict[str, Any]
-    ) -> tuple[str | None, int | None]:
-        if "x-mock-fault" in headers:
-            times = headers.get("x-mock-fault-times")
-            return headers["x-mock-fault"], int(times) if times else None
-        if isinstance(mock.get("fault"), str):
-            times = mock.get("times")
-            return mock["fault"], times if isinstance(times, int) else None
-        if self.config.fault is not None:
-            return self.config.fault, None
-        if self.config.fail_rate and self.rng.random() < self.config.fail_rate:
-            return self.rng.choice(RANDOM_FAULTS), None
-        return None, None
 
 
 class _Connection(asyncio.Protocol):
     """One client connection: parse requests in order, answer each (maybe later)."""
 
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: MockState) -> None:
         self._state = state
         self._buffer = bytearray()
         self._busy = False
@@ -239,7 +80,7 @@ class _Connection(asyncio.Protocol):
             self._busy = True
             self._handle(request)
 
-    def _parse(self) -> _Request | None:
+    def _parse(self) -> MockRequest | None:
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(self._buffer) > MAX_HEAD:
@@ -261,9 +102,9 @@ class _Connection(asyncio.Protocol):
         del self._buffer[: end + 4 + length]
         connection = headers.get("connection", "").lower()
         keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
-        return _Request(method, target.split("?")[0], headers, body, keep_alive)
+        return MockRequest(method, target.split("?")[0], headers, body, keep_alive)
 
-    def _handle(self, request: _Request) -> None:
+    def _handle(self, request: MockRequest) -> None:
         if request.path == "/health" and request.method == "GET":
             return self._json(request, 200, b'{"status":"ok"}')
         if request.path == "/v1/models" and request.method == "GET":
@@ -275,7 +116,7 @@ class _Connection(asyncio.Protocol):
             return self._json(request, 405, error_body(405, "use POST"))
         return self._chat(request)
 
-    def _chat(self, request: _Request) -> None:
+    def _chat(self, request: MockRequest) -> None:
         state = self._state
         try:
             body = orjson.loads(request.body)
@@ -293,7 +134,7 @@ class _Connection(asyncio.Protocol):
             return None
         return self._answer(request, body, plan)
 
-    async def _later(self, request: _Request, body: dict[str, Any], plan: _Plan) -> None:
+    async def _later(self, request: MockRequest, body: dict[str, Any], plan: Plan) -> None:
         if plan.delay_s > 0:
             await asyncio.sleep(plan.delay_s)
         if plan.fault == "hang":
@@ -303,7 +144,7 @@ class _Connection(asyncio.Protocol):
         else:
             self._answer(request, body, plan)
 
-    def _answer(self, request: _Request, body: dict[str, Any], plan: _Plan) -> None:
+    def _answer(self, request: MockRequest, body: dict[str, Any], plan: Plan) -> None:
         fault = plan.fault
         if fault is None:
             reply = completion(body, content_key(body))
@@ -324,7 +165,7 @@ class _Connection(asyncio.Protocol):
                 headers.append(("retry-after-ms", f"{plan.retry_after_ms:g}"))
         return self._json(request, status, error_body(status, f"mock fault {fault}"), headers)
 
-    async def _stream(self, request: _Request, body: dict[str, Any], plan: _Plan) -> None:
+    async def _stream(self, request: MockRequest, body: dict[str, Any], plan: Plan) -> None:
         reply = completion(body, content_key(body))
         events = stream_events(reply, plan.chunks)
         transport = self._transport
@@ -354,7 +195,7 @@ class _Connection(asyncio.Protocol):
 
     def _json(
         self,
-        request: _Request,
+        request: MockRequest,
         status: int,
         body: bytes,
         headers: list[tuple[str, str]] | None = None,
@@ -411,7 +252,7 @@ async def serve(
     ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve in the current asyncio loop until cancelled; `ready(port)` once listening."""
-    state = _State(config)
+    state = MockState(config)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Connection(state), host, port, backlog=1024)
     try:
@@ -430,7 +271,7 @@ class MockServer:
         self.config = config or MockConfig()
         self._host = host
         self._port = port
-        self._state = _State(self.config)
+        self._state = MockState(self.config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None

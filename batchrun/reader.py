@@ -25,7 +25,9 @@ __all__ = [
     "LineParser",
     "RawLine",
     "Request",
+    "detect_format",
     "iter_raw_lines",
+    "iter_requests",
     "scan_input",
 ]
 
