@@ -1,171 +1,241 @@
-"""The mock server's state and choices: its config, which fault each request gets,
-the request log and rate-limit headers. The HTTP side is mockserver.py.
+"""The mock server's config and shared state: which fault and delay each request gets
+(header, body, config, fail_rate), the request log and the rate-limit counters.
+
+No sockets here: mockserver.py owns HTTP, mockreply.py what replies say.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import math
 import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import orjson
 
-from .mockreply import digest
+from .mockreply import error_body, rate_limit_headers, unauthorized_body
 
-__all__ = ["FAULT_KINDS", "MockConfig", "MockRequest", "MockState", "Plan"]
+__all__ = ["FAULT_KINDS", "MockConfig", "MockState", "Plan"]
 
 STATUS_FAULTS = ("429", "408", "409", "500", "502", "503", "504", "400", "401", "403", "404", "422")
+STREAM_FAULTS = ("cut", "stall", "malformed")
 FAULT_KINDS: tuple[str, ...] = (
     *STATUS_FAULTS,
-    "drop",
-    "hang",
-    "invalid_json",
-    "redirect",
-    "cut",
-    "stall",
-    "malformed",
+    *("drop", "hang", "invalid_json", "redirect"),
+    *STREAM_FAULTS,
 )
-RANDOM_FAULTS = ("500", "503", "429", "drop")
-# For a request that is not streamed, the stream-only faults fall back to their twin.
+RANDOM_FAULTS = ("500", "503", "429", "drop")  # what `fail_rate` draws from: all transient
 NON_STREAM_TWIN = {"cut": "drop", "stall": "hang", "malformed": "invalid_json"}
-RPM_LIMIT, TPM_LIMIT = 100_000, 50_000_000
-
-
-class Abortable(Protocol):
-    def abort(self) -> None: ...
+RATE_LIMITS = (100_000, 50_000_000)  # (requests, tokens) per minute, as advertised
 
 
 @dataclass(frozen=True)
 class MockConfig:
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
-    fail_rate: float = 0.0
-    fault: str | None = None
+    latency_ms: float = 0.0  # added before every chat reply
+    jitter_ms: float = 0.0  # + uniform(0, jitter_ms), from the seeded RNG
+    fail_rate: float = 0.0  # share of requests given a random transient fault, seeded
+    fault: str | None = None  # apply this fault kind to every request
     seed: int = 0
-    stream_chunks: int = 8
-    stream_delay_ms: float = 0.0
-    retry_after_s: float = 1.0
-    require_auth: bool = True
-    request_log: Path | None = None
+    stream_chunks: int = 8  # content pieces in a streamed reply
+    stream_delay_ms: float = 0.0  # delay between streamed chunks
+    retry_after_s: float = 1.0  # Retry-After on injected 429s
+    require_auth: bool = True  # 401 without "Authorization: Bearer <non-empty>"
+    request_log: Path | None = None  # one JSON line per chat request received
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULT_KINDS:
             raise ValueError(f"unknown fault {self.fault!r}; one of {', '.join(FAULT_KINDS)}")
-
-
-@dataclass(frozen=True, slots=True)
-class MockRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    keep_alive: bool
+        if not 0.0 <= self.fail_rate <= 1.0 or self.stream_chunks < 1:
+            raise ValueError("fail_rate must be within [0, 1] and stream_chunks at least 1")
+        if min(self.latency_ms, self.jitter_ms, self.stream_delay_ms, self.retry_after_s) < 0:
+            raise ValueError("latencies, delays and retry_after_s must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What to do with one chat request, decided before any waiting."""
+    """How to answer one chat request, decided on arrival, before any waiting."""
 
-    fault: str | None
     delay_s: float
-    stream: bool
-    chunks: int
-    chunk_delay_s: float
-    retry_after: float
-    retry_after_ms: float | None
+    fault: str | None = None
+    error: tuple[int, bytes] | None = None  # a 401/422/400 found before any fault applies
+    stream: bool = False  # answer with an event stream (maybe a broken one)
+    chunks: int = 8
+    chunk_delay_s: float = 0.0
+    retry_after: float = 1.0
+    retry_after_ms: float | None = None
 
 
 class MockState:
-    """Shared by every connection of one server: config, counters, the request log."""
+    """Shared by every connection of one server: config, RNG, counters, the request log."""
 
     def __init__(self, config: MockConfig) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
-        self.arrivals: dict[bytes, int] = {}
-        self.received = 0
-        self.window = (0, 0)  # (minute, requests in it), for rate-limit headers
-        self.connections: set[Abortable] = set()
-        self.log: IO[bytes] | None = None
+        self.received = 0  # POSTs to the chat path
+        self._lock = threading.Lock()  # arrivals and the log are read from other threads
+        self._arrivals: dict[bytes, int] = {}
+        self._request_ids = itertools.count(1)
+        self._window = (-1, 0, 0)  # (minute, requests, tokens) behind the rate-limit headers
+        self._log: IO[bytes] | None = None
         if config.request_log is not None:
-            self.log = config.request_log.open("ab")
+            self._log = config.request_log.open("ab")
 
     def close(self) -> None:
-        for connection in list(self.connections):
-            connection.abort()
-        if self.log is not None:
-            self.log.close()
+        with self._lock:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
 
     def record(self, request: dict[str, Any] | None, fault: str | None, stream: bool) -> None:
+        """Count a chat request on arrival and log it, flushed: tests read the log right
+        after killing the client."""
         self.received += 1
-        if self.log is None:
+        if self._log is None:
             return
-        content = None
-        if request and isinstance(request.get("messages"), list) and request["messages"]:
-            last = request["messages"][-1]
-            content = last.get("content") if isinstance(last, dict) else None
-        line = {
-            "content": content if isinstance(content, str) else None,
-            "fault": fault,
-            "stream": stream,
-        }
-        self.log.write(orjson.dumps(line) + b"\n")
-        self.log.flush()
+        messages = request.get("messages") if request is not None else None
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        content = last.get("content") if isinstance(last, dict) else None
+        line = {"content": content if isinstance(content, str) else None, "fault": fault}
+        data = orjson.dumps({**line, "stream": stream}) + b"\n"
+        with self._lock:
+            if self._log is not None:
+                self._log.write(data)
+                self._log.flush()
 
-    def rate_headers(self, tokens: int) -> list[tuple[str, str]]:
-        minute = int(time.time() // 60)
-        count = self.window[1] + 1 if self.window[0] == minute else 1
-        self.window = (minute, count)
-        return [
-            ("x-ratelimit-limit-req-minute", str(RPM_LIMIT)),
-            ("x-ratelimit-remaining-req-minute", str(max(0, RPM_LIMIT - count))),
-            ("x-ratelimit-limit-tokens-minute", str(TPM_LIMIT)),
-            ("x-ratelimit-remaining-tokens-minute", str(max(0, TPM_LIMIT - count * tokens))),
-            ("x-ratelimit-tokens-query-cost", str(tokens)),
-        ]
+    def rate_headers(self, cost: int) -> bytes:
+        minute, requests, tokens = self._window
+        now = int(time.time()) // 60
+        if now != minute:
+            requests = tokens = 0
+        self._window = (now, requests + 1, tokens + cost)
+        return rate_limit_headers(RATE_LIMITS, (requests + 1, tokens + cost), cost)
 
-    def plan(self, request: MockRequest, body: dict[str, Any]) -> Plan:
-        mock = (
-            (body.get("metadata") or {}).get("mock")
-            if isinstance(body.get("metadata"), dict)
-            else None
-        )
-        mock = mock if isinstance(mock, dict) else {}
+    def plan(
+        self,
+        headers: dict[str, str],
+        raw: bytes,
+        body: dict[str, Any] | None,
+        invalid: bytes | None,
+    ) -> Plan:
+        """Auth, then the 422 from `mockreply.parse_chat`, then fault, delay and stream shape."""
         config = self.config
-        fault, times = self._choose_fault(request.headers, mock)
-        if fault is not None and times is not None:
-            key = digest(request.body)
-            self.arrivals[key] = seen = self.arrivals.get(key, 0) + 1
-            if seen > times:
-                fault = None
-        stream = body.get("stream") is True
-        if fault in NON_STREAM_TWIN and not stream:
-            fault = NON_STREAM_TWIN[fault]
-        delay = config.latency_ms + float(mock.get("latency_ms", 0))
+        delay_ms = config.latency_ms
         if config.jitter_ms:
-            delay += self.rng.uniform(0, config.jitter_ms)
+            delay_ms += self.rng.uniform(0, config.jitter_ms)
+        if config.require_auth and not _has_bearer(headers):
+            request_id = f"mock-{next(self._request_ids):08x}"
+            return Plan(delay_ms / 1000, error=(401, unauthorized_body(request_id)))
+        if body is None or invalid is not None:
+            return Plan(delay_ms / 1000, error=(422, invalid or b"{}"))
+        try:
+            wish = read_directives(body, headers)
+        except BadDirective as exc:
+            return Plan(delay_ms / 1000, error=(400, error_body(400, str(exc))))
+        stream = body.get("stream") is True
+        fault = self._fault(wish, raw)
+        if not stream:
+            fault = NON_STREAM_TWIN.get(fault or "", fault)
+        chunk_delay_ms = wish.chunk_delay_ms
+        if chunk_delay_ms is None:
+            chunk_delay_ms = config.stream_delay_ms
         return Plan(
+            (delay_ms + wish.latency_ms) / 1000,
             fault=fault,
-            delay_s=delay / 1000,
-            stream=stream,
-            chunks=int(mock.get("chunks", config.stream_chunks)),
-            chunk_delay_s=float(mock.get("chunk_delay_ms", config.stream_delay_ms)) / 1000,
-            retry_after=float(mock.get("retry_after", config.retry_after_s)),
-            retry_after_ms=mock.get("retry_after_ms"),
+            stream=stream and (fault is None or fault in STREAM_FAULTS),
+            chunks=wish.chunks or config.stream_chunks,
+            chunk_delay_s=chunk_delay_ms / 1000,
+            retry_after=config.retry_after_s if wish.retry_after is None else wish.retry_after,
+            retry_after_ms=wish.retry_after_ms,
         )
 
-    def _choose_fault(
-        self, headers: dict[str, str], mock: dict[str, Any]
-    ) -> tuple[str | None, int | None]:
-        if "x-mock-fault" in headers:
-            times = headers.get("x-mock-fault-times")
-            return headers["x-mock-fault"], int(times) if times else None
-        if isinstance(mock.get("fault"), str):
-            times = mock.get("times")
-            return mock["fault"], times if isinstance(times, int) else None
+    def _fault(self, wish: Directives, raw: bytes) -> str | None:
+        """The request's own fault (within its `times`), else the config's, else `fail_rate`."""
+        if wish.fault is not None:
+            return wish.fault if wish.times is None or self._arrival(raw) <= wish.times else None
         if self.config.fault is not None:
-            return self.config.fault, None
+            return self.config.fault
         if self.config.fail_rate and self.rng.random() < self.config.fail_rate:
-            return self.rng.choice(RANDOM_FAULTS), None
-        return None, None
+            return self.rng.choice(RANDOM_FAULTS)
+        return None
+
+    def _arrival(self, raw: bytes) -> int:
+        """How many times this exact body has now arrived (1 on its first arrival)."""
+        key = hashlib.sha256(raw).digest()
+        with self._lock:
+            seen = self._arrivals[key] = self._arrivals.get(key, 0) + 1
+        return seen
+
+
+def _has_bearer(headers: dict[str, str]) -> bool:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(token.strip())
+
+
+# --- what a request asks for ------------------------------------------------------------------
+
+
+class BadDirective(ValueError):
+    """A fault request the mock cannot honour: an unknown kind or a bad count."""
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """What one request asks of the mock; None means "use the server's configuration"."""
+
+    fault: str | None = None
+    times: int | None = None  # the fault applies to the first `times` arrivals of the body
+    latency_ms: float = 0.0
+    chunks: int | None = None
+    chunk_delay_ms: float | None = None
+    retry_after: float | None = None
+    retry_after_ms: float | None = None
+
+
+def read_directives(request: dict[str, Any], headers: dict[str, str]) -> Directives:
+    """`x-mock-fault` (+ `x-mock-fault-times`) headers win over `metadata.mock`, whose
+    timing keys apply with or without a fault. Raises BadDirective."""
+    metadata = request.get("metadata")
+    mock = metadata.get("mock") if isinstance(metadata, dict) else None
+    mock = mock if isinstance(mock, dict) else {}
+    if "x-mock-fault" in headers:
+        fault: object = headers["x-mock-fault"]
+        times: object = _header_int(headers.get("x-mock-fault-times"))
+    else:
+        fault, times = mock.get("fault"), mock.get("times")
+    if fault is not None and fault not in FAULT_KINDS:
+        raise BadDirective(f"unknown mock fault {fault!r}; one of {', '.join(FAULT_KINDS)}")
+    chunks = _number(mock.get("chunks"))
+    return Directives(
+        fault=str(fault) if fault is not None else None,
+        times=_count(times) if fault is not None and times is not None else None,
+        latency_ms=_number(mock.get("latency_ms")) or 0.0,
+        chunks=max(1, int(chunks)) if chunks is not None else None,
+        chunk_delay_ms=_number(mock.get("chunk_delay_ms")),
+        retry_after=_number(mock.get("retry_after")),
+        retry_after_ms=_number(mock.get("retry_after_ms")),
+    )
+
+
+def _number(value: object) -> float | None:
+    """A usable non-negative option value, else None: a typo must not crash a reply."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _count(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise BadDirective(f"mock fault times must be a non-negative integer, not {value!r}")
+
+
+def _header_int(value: str | None) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        raise BadDirective(f"x-mock-fault-times must be an integer, not {value!r}") from None

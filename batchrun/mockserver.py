@@ -1,9 +1,10 @@
-"""The built-in Mistral-compatible HTTP server: real sockets, deterministic replies, faults.
+"""The built-in Mistral-compatible HTTP server: real 127.0.0.1 sockets, keep-alive, streams.
 
-A raw asyncio.Protocol HTTP/1.1 server (keep-alive, Content-Length bodies, chunked
-replies for streams) rather than a framework: it must cost a small fraction of the
-client's CPU per request so benchmarks measure the client. Faults are chosen per
-request by header (`x-mock-fault`), by body (`metadata.mock`), or for all by config.
+Owns the HTTP/1.1 connections (Content-Length bodies, keep-alive, pipelining, chunked
+streamed replies), their shutdown and the background-thread wrapper. mockfaults.py decides
+what each request gets, mockreply.py what the reply says. It sits on a raw asyncio.Protocol,
+not a framework, so a request costs a few tens of microseconds and benchmarks measure the
+client.
 """
 
 from __future__ import annotations
@@ -12,57 +13,82 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import orjson
 
-from .mockfaults import FAULT_KINDS, NON_STREAM_TWIN, MockConfig, MockRequest, MockState, Plan
-from .mockreply import completion, content_key, error_body, stream_events, validation_error
+from .mockfaults import FAULT_KINDS, MockConfig, MockState, Plan
+from .mockreply import (
+    BROKEN_JSON,
+    HEALTH_BODY,
+    MODELS_BODY,
+    chunk,
+    completion,
+    error_body,
+    parse_chat,
+    reply_key,
+    response,
+    retry_headers,
+    stream_events,
+    stream_head,
+)
 
 __all__ = ["FAULT_KINDS", "MockConfig", "MockServer", "serve"]
 
-REASONS = {
-    200: "OK",
-    307: "Temporary Redirect",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    409: "Conflict",
-    411: "Length Required",
-    422: "Unprocessable Entity",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
 CHAT_PATH = "/v1/chat/completions"
-MAX_HEAD = 64 * 1024
+ROUTES = {"/health": "GET", "/v1/models": "GET", CHAT_PATH: "POST"}
+DEFAULT_CONFIG = MockConfig()
+MAX_HEAD, MAX_BODY = 64 * 1024, 64 * 1024 * 1024
+BACKLOG = 2048  # a burst of >= 1000 new connections must not be refused
+START_TIMEOUT_S = STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class _Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    keep_alive: bool
+    head_size: int  # request line and headers, blank line included
+    length: int  # Content-Length
+    body: bytes = b""
+    continued: bool = False  # "100 Continue" already sent
+
+
+class _Unreadable(Exception):
+    """A request that cannot be parsed; answered with `status`, then the connection
+    closes, since where the next request starts is lost."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: parse requests in order, answer each (maybe later)."""
+    """One client connection: requests parsed in order and each answered (maybe later)
+    before the next is read, so keep-alive and pipelining both hold."""
 
-    def __init__(self, state: MockState) -> None:
+    def __init__(self, state: MockState, open_connections: set[_Connection]) -> None:
         self._state = state
+        self._open = open_connections
         self._buffer = bytearray()
-        self._busy = False
         self._transport: asyncio.Transport | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._pending: _Request | None = None  # head parsed, body still arriving
+        self._current: _Request | None = None  # being answered
+        self._draining = False
+        self.task: asyncio.Task[None] | None = None  # a delayed or streamed answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._state.connections.add(self)
+        self._open.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._state.connections.discard(self)
-        if self._task is not None:
-            self._task.cancel()
+        self._open.discard(self)
+        if self.task is not None:
+            self.task.cancel()  # a client that gives up must not leave a task behind
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -70,178 +96,188 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        self._next()
+        self._drain()
 
-    def _next(self) -> None:
-        while not self._busy and self._transport is not None and not self._transport.is_closing():
-            request = self._parse()
-            if request is None:
-                return
-            self._busy = True
-            self._handle(request)
+    def _drain(self) -> None:
+        """Answer the complete requests buffered; a loop, not recursion through
+        `_finished`, so a long pipeline of instant replies cannot exhaust the stack."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._current is None and not self._closing():
+                request = self._take()
+                if request is None:
+                    break
+                self._current = request
+                self._safely(self._route, request)
+        finally:
+            self._draining = False
 
-    def _parse(self) -> MockRequest | None:
+    def _closing(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
+    def _take(self) -> _Request | None:
+        try:
+            request = self._pending = self._pending or self._parse_head()
+        except _Unreadable as exc:
+            self._current = _Request("", "", {}, False, 0, 0)  # answered, then closed
+            self._buffer.clear()
+            self._respond(exc.status, error_body(exc.status, str(exc)))
+            return None
+        if request is None:
+            return None
+        end = request.head_size + request.length
+        if len(self._buffer) < end:
+            if request.headers.get("expect", "").lower() == "100-continue":
+                self._write(b"" if request.continued else b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.continued = True
+            return None
+        request.body = bytes(self._buffer[request.head_size : end])
+        del self._buffer[:end]
+        self._pending = None
+        return request
+
+    def _parse_head(self) -> _Request | None:
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(self._buffer) > MAX_HEAD:
-                self.abort()
+                raise _Unreadable(431, "request head too large")
             return None
-        lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
-        method, target, version = [*lines[0].split(" "), "", ""][:3]
+        lines = self._buffer[:end].decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise _Unreadable(400, "malformed request line")
         headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", ""):
-            self._reply(411, b"", keep_alive=False)
-            return None
-        length = int(headers.get("content-length") or 0)
-        if len(self._buffer) < end + 4 + length:
-            return None
-        body = bytes(self._buffer[end + 4 : end + 4 + length])
-        del self._buffer[: end + 4 + length]
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise _Unreadable(411, "send the body with a Content-Length, not chunked")
+        length = headers.get("content-length", "0")
+        if not (length.isascii() and length.isdigit()):
+            raise _Unreadable(400, "bad content-length")
+        if int(length) > MAX_BODY:
+            raise _Unreadable(413, "request body too large")
+        method, target, version = parts
         connection = headers.get("connection", "").lower()
-        keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
-        return MockRequest(method, target.split("?")[0], headers, body, keep_alive)
+        keep_alive = "close" not in connection and (
+            version == "HTTP/1.1" or "keep-alive" in connection
+        )
+        path = target.partition("?")[0]
+        return _Request(method, path, headers, keep_alive, end + 4, int(length))
 
-    def _handle(self, request: MockRequest) -> None:
-        if request.path == "/health" and request.method == "GET":
-            return self._json(request, 200, b'{"status":"ok"}')
-        if request.path == "/v1/models" and request.method == "GET":
-            models = {"object": "list", "data": [{"id": "mistral-small-latest", "object": "model"}]}
-            return self._json(request, 200, orjson.dumps(models))
-        if request.path != CHAT_PATH:
-            return self._json(request, 404, error_body(404, f"no route {request.path}"))
-        if request.method != "POST":
-            return self._json(request, 405, error_body(405, "use POST"))
-        return self._chat(request)
-
-    def _chat(self, request: MockRequest) -> None:
-        state = self._state
+    def _safely(self, answer: Callable[[_Request], None], request: _Request) -> None:
+        # A bug in reply building must reach the client as a 500, not vanish into
+        # asyncio's exception log while the client waits forever.
         try:
-            body = orjson.loads(request.body)
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict) or validation_error(body) is not None:
-            state.record(body if isinstance(body, dict) else None, None, False)
-            return self._json(request, 422, orjson.dumps(validation_error(body)))
-        plan = state.plan(request, body)
-        state.record(body, plan.fault, plan.stream)
-        if state.config.require_auth and not _has_bearer(request.headers):
-            return self._json(request, 401, b'{"message":"Unauthorized","request_id":"mock"}')
-        if plan.delay_s > 0 or plan.stream or plan.fault in ("hang", "stall"):
-            self._task = asyncio.get_running_loop().create_task(self._later(request, body, plan))
+            answer(request)
+        except Exception as exc:
+            self._current = request
+            request.keep_alive = False
+            self._respond(500, error_body(500, f"mock server error: {exc!r}"))
+
+    def _route(self, request: _Request) -> None:
+        allowed = ROUTES.get(request.path)
+        if allowed is None:
+            return self._respond(404, error_body(404, f"no route for {request.path}"))
+        if request.method != allowed:
+            body = error_body(405, f"{request.path} takes {allowed}")
+            return self._respond(405, body, b"allow: %s\r\n" % allowed.encode())
+        if request.path == CHAT_PATH:
+            return self._chat(request)
+        return self._respond(200, HEALTH_BODY if request.path == "/health" else MODELS_BODY)
+
+    def _chat(self, request: _Request) -> None:
+        body, invalid = parse_chat(request.body)
+        plan = self._state.plan(request.headers, request.body, body, invalid)
+        self._state.record(body, plan.fault, body is not None and body.get("stream") is True)
+        if plan.delay_s > 0 or plan.stream:
+            self.task = asyncio.get_running_loop().create_task(self._later(request, body, plan))
             return None
         return self._answer(request, body, plan)
 
-    async def _later(self, request: MockRequest, body: dict[str, Any], plan: Plan) -> None:
+    async def _later(self, request: _Request, body: dict[str, Any] | None, plan: Plan) -> None:
         if plan.delay_s > 0:
             await asyncio.sleep(plan.delay_s)
-        if plan.fault == "hang":
-            return  # never answer; the connection stays busy until closed
-        if plan.stream and (plan.fault is None or plan.fault in NON_STREAM_TWIN):
-            await self._stream(request, body, plan)
-        else:
-            self._answer(request, body, plan)
+        if not plan.stream or body is None:
+            return self._safely(lambda r: self._answer(r, body, plan), request)
+        try:
+            await self._stream(body, plan)
+        except Exception:
+            self.abort()  # the 200 head may be out already: a cut stream is the honest answer
 
-    def _answer(self, request: MockRequest, body: dict[str, Any], plan: Plan) -> None:
-        fault = plan.fault
-        if fault is None:
-            reply = completion(body, content_key(body))
-            headers = self._state.rate_headers(reply["usage"]["total_tokens"])
-            return self._json(request, 200, orjson.dumps(reply), headers)
+    def _answer(self, request: _Request, body: dict[str, Any] | None, plan: Plan) -> None:
+        fault, rate_headers = plan.fault, self._state.rate_headers
+        if plan.error is not None:
+            return self._respond(plan.error[0], plan.error[1], rate_headers(0))
+        if fault is None and body is not None:
+            reply = completion(body, reply_key(body))
+            headers = rate_headers(reply["usage"]["total_tokens"])
+            return self._respond(200, orjson.dumps(reply), headers)
+        if fault == "hang":
+            return None  # never answered: the connection stays busy until it closes
         if fault == "drop":
             return self.abort()
         if fault == "invalid_json":
-            return self._json(request, 200, b'{"id": "cmpl-broken", "choices": [')
+            return self._respond(200, BROKEN_JSON, rate_headers(0))
         if fault == "redirect":
-            location = [("location", f"http://{request.headers.get('host', '')}{CHAT_PATH}")]
-            return self._json(request, 307, b"", location)
-        status = int(fault)
-        headers = []
+            return self._respond(307, b"", b"location: %s\r\n" % self._own_url(request))
+        status = int(str(fault))
+        headers = rate_headers(0)
         if status == 429:
-            headers.append(("retry-after", f"{plan.retry_after:g}"))
-            if plan.retry_after_ms is not None:
-                headers.append(("retry-after-ms", f"{plan.retry_after_ms:g}"))
-        return self._json(request, status, error_body(status, f"mock fault {fault}"), headers)
+            headers += retry_headers(plan.retry_after, plan.retry_after_ms)
+        return self._respond(status, error_body(status, f"mock fault {status}"), headers)
 
-    async def _stream(self, request: MockRequest, body: dict[str, Any], plan: Plan) -> None:
-        reply = completion(body, content_key(body))
+    def _own_url(self, request: _Request) -> bytes:
+        host = request.headers.get("host")
+        if not host and self._transport is not None:
+            address, port = self._transport.get_extra_info("sockname")[:2]
+            host = f"{address}:{port}"
+        return f"http://{host}{request.path}".encode("latin-1")
+
+    async def _stream(self, body: dict[str, Any], plan: Plan) -> None:
+        reply = completion(body, reply_key(body))
         events = stream_events(reply, plan.chunks)
-        transport = self._transport
-        assert transport is not None
-        head = [
-            ("content-type", "text/event-stream"),
-            ("transfer-encoding", "chunked"),
-            ("cache-control", "no-cache"),
-            *self._state.rate_headers(reply["usage"]["total_tokens"]),
-        ]
-        transport.write(_head(200, head, keep_alive=request.keep_alive))
-        cut_at = max(2, len(events) // 2)
+        headers = self._state.rate_headers(reply["usage"]["total_tokens"])
+        self._write(stream_head(headers, self._keep_alive()))
+        broken_at = max(2, len(events) // 2)
         for position, event in enumerate(events):
-            if plan.fault is not None and position == cut_at:
-                if plan.fault == "cut":
-                    return self.abort()
-                if plan.fault == "stall":
-                    await asyncio.Event().wait()  # until the client gives up and closes
-                if plan.fault == "malformed":
-                    transport.write(_chunk(b"data: {not json\n\n"))
-            if plan.chunk_delay_s and position:
+            if position == broken_at and plan.fault is not None:
+                return self._break_stream(plan.fault)
+            if position and plan.chunk_delay_s:
                 await asyncio.sleep(plan.chunk_delay_s)
-            transport.write(_chunk(event))
-        transport.write(b"0\r\n\r\n")
-        self._finished(request.keep_alive)
-        return None
+            self._write(chunk(event))
+        self._write(b"0\r\n\r\n")
+        return self._finished()
 
-    def _json(
-        self,
-        request: MockRequest,
-        status: int,
-        body: bytes,
-        headers: list[tuple[str, str]] | None = None,
-    ) -> None:
-        self._reply(status, body, keep_alive=request.keep_alive, headers=headers)
+    def _break_stream(self, fault: str) -> None:
+        if fault == "cut":
+            return self.abort()  # no [DONE], no terminating chunk: a truncated body
+        if fault == "malformed":
+            self._write(chunk(b"data: {not json\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            return self._finished()
+        return None  # "stall": stop sending but keep the connection open
 
-    def _reply(
-        self,
-        status: int,
-        body: bytes,
-        *,
-        keep_alive: bool,
-        headers: list[tuple[str, str]] | None = None,
-    ) -> None:
-        assert self._transport is not None
-        head = [
-            ("content-type", "application/json"),
-            ("content-length", str(len(body))),
-            *(headers or ()),
-        ]
-        self._transport.write(_head(status, head, keep_alive=keep_alive) + body)
-        self._finished(keep_alive)
+    def _respond(self, status: int, body: bytes, extra: bytes = b"") -> None:
+        self._write(response(status, body, extra, self._keep_alive()))
+        self._finished()
 
-    def _finished(self, keep_alive: bool) -> None:
-        self._busy = False
-        self._task = None
-        if not keep_alive and self._transport is not None:
+    def _keep_alive(self) -> bool:
+        return self._current is not None and self._current.keep_alive
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _finished(self) -> None:
+        """The current request is answered: close, or go on to the next one."""
+        keep_alive = self._keep_alive()
+        self._current, self.task = None, None
+        if keep_alive:
+            self._drain()
+        elif self._transport is not None:
             self._transport.close()
-            return
-        self._next()
-
-
-def _has_bearer(headers: dict[str, str]) -> bool:
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and bool(token.strip())
-
-
-def _head(status: int, headers: list[tuple[str, str]], *, keep_alive: bool) -> bytes:
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    lines.append("connection: keep-alive" if keep_alive else "connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 async def serve(
@@ -252,29 +288,54 @@ async def serve(
     ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve in the current asyncio loop until cancelled; `ready(port)` once listening."""
-    state = MockState(config)
+    await _serve(MockState(config), host, port, ready)
+
+
+async def _serve(
+    state: MockState, host: str, port: int, ready: Callable[[int], None] | None
+) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Connection(state), host, port, backlog=1024)
+    connections: set[_Connection] = set()
+    server = await loop.create_server(
+        lambda: _Connection(state, connections), host, port, backlog=BACKLOG
+    )
     try:
         if ready is not None:
             ready(server.sockets[0].getsockname()[1])
-        await asyncio.Event().wait()
+        await loop.create_future()  # never set: runs until cancelled
     finally:
         server.close()
         state.close()
+        await _close_all(connections)
+
+
+async def _close_all(connections: set[_Connection]) -> None:
+    """Abort every connection, hung and stalled ones included, and let their tasks end."""
+    tasks = [c.task for c in connections if c.task is not None]
+    for connection in list(connections):
+        connection.abort()
+    for task in tasks:
+        task.cancel()
+    # Give the tasks and the aborted transports (which close their sockets in
+    # connection_lost) a turn. anyio re-delivers its cancellation at every await during
+    # shutdown; that must not skip the rest of the caller's cleanup.
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)
 
 
 class MockServer:
-    """The server on a background thread with its own loop: for tests and `run --mock`."""
+    """Runs the server on a background thread with its own event loop."""
 
-    def __init__(self, config: MockConfig | None = None, host: str = "127.0.0.1", port: int = 0):
-        self.config = config or MockConfig()
-        self._host = host
-        self._port = port
-        self._state = MockState(self.config)
-        self._loop: asyncio.AbstractEventLoop | None = None
+    def __init__(
+        self, config: MockConfig = DEFAULT_CONFIG, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.config = config
+        self._host, self._port = host, port
+        self._state: MockState | None = None
         self._thread: threading.Thread | None = None
-        self._stopped: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -286,43 +347,54 @@ class MockServer:
 
     @property
     def requests_received(self) -> int:
-        return self._state.received
+        """POSTs to /v1/chat/completions received, however they were answered."""
+        return self._state.received if self._state is not None else 0
 
     def start(self) -> None:
-        ready = threading.Event()
+        """Return once listening (port 0 becomes a free port); raise if it cannot listen."""
+        if self._thread is not None:
+            raise RuntimeError("mock server already started")
+        started = threading.Event()
+        failures: list[BaseException] = []
+        self._state = MockState(self.config)
         self._thread = threading.Thread(
-            target=self._run, args=(ready,), daemon=True, name="batchrun-mock"
+            target=self._run, args=(self._state, started, failures), name="batchrun-mock"
         )
+        self._thread.daemon = True  # a test that forgets stop() must not hang the interpreter
         self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("mock server did not start")
+        if not started.wait(START_TIMEOUT_S) or failures:
+            self.stop()
+            raise failures[0] if failures else RuntimeError("mock server did not start")
 
-    def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._loop.run_until_complete(self._main(ready))
-        self._loop.close()
+    def _run(
+        self, state: MockState, started: threading.Event, failures: list[BaseException]
+    ) -> None:
+        def ready(port: int) -> None:
+            self._port = port
+            started.set()
 
-    async def _main(self, ready: threading.Event) -> None:
-        loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
-        server = await loop.create_server(
-            lambda: _Connection(self._state), self._host, self._port, backlog=1024
-        )
-        self._port = server.sockets[0].getsockname()[1]
-        ready.set()
-        await self._stopped.wait()
-        server.close()
-        self._state.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 2)
+        loop = self._loop = asyncio.new_event_loop()
+        self._task = loop.create_task(_serve(state, self._host, self._port, ready))
+        try:
+            loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass  # stop() cancelled it: the normal way out
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            loop.close()
+            started.set()
 
     def stop(self) -> None:
-        if self._loop is None or self._thread is None or self._stopped is None:
+        """Idempotent: close every connection, hung ones included, and join the thread."""
+        thread, loop, task = self._thread, self._loop, self._task
+        if thread is None:
             return
-        with contextlib.suppress(RuntimeError):  # loop already closed
-            self._loop.call_soon_threadsafe(self._stopped.set)
-        self._thread.join(10)
         self._thread = None
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already closed
+                loop.call_soon_threadsafe(task.cancel)
+        thread.join(STOP_TIMEOUT_S)
 
     def __enter__(self) -> MockServer:
         self.start()
