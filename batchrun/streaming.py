@@ -17,113 +17,180 @@ from .sse import SSEDecoder, SSEEvent
 __all__ = ["StreamAssembler", "read_completion_stream"]
 
 DONE = "[DONE]"
-EXCERPT = 300
+EXCERPT_CHARS = 300  # of a server's error text in our message: enough to act on, bounded
+
+
+class _ToolCall:
+    """One tool call, pieced together from every delta that carries its index."""
+
+    __slots__ = ("id", "name", "parts", "type", "whole")
+
+    def __init__(self, call: Mapping[str, Any], function: Mapping[str, Any]) -> None:
+        self.id: Any = call.get("id")
+        self.type: Any = call.get("type") or "function"
+        self.name: Any = function.get("name")
+        self.parts: list[str] = []
+        self.whole: Any = None  # arguments sent as a JSON object rather than text
+
+    def add(self, call: Mapping[str, Any], function: Mapping[str, Any]) -> None:
+        if self.id is None:
+            self.id = call.get("id")
+        if self.name is None:
+            self.name = function.get("name")
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            self.parts.append(arguments)
+        elif arguments is not None:
+            self.whole = arguments
+
+    def build(self, index: int) -> dict[str, Any]:
+        # An object is the whole call; string pieces next to one can only be noise.
+        arguments = self.whole if self.whole is not None else "".join(self.parts)
+        function = {"name": self.name, "arguments": arguments}
+        return {"id": self.id, "type": self.type, "index": index, "function": function}
 
 
 class _Choice:
-    """The accumulator of one `choices[].index`."""
+    """The accumulator of one `choices[].index`: appends only, joins once in `build`."""
 
-    __slots__ = ("finish_reason", "index", "logprobs", "role", "text", "thinking", "tool_calls")
+    __slots__ = (
+        "finish_reason",
+        "index",
+        "logprobs",
+        "role",
+        "signature",
+        "text",
+        "thinking",
+        "tool_calls",
+    )
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.role: str | None = None
         self.text: list[str] = []
-        self.thinking: list[Any] = []
-        self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.finish_reason: str | None = None
+        self.thinking: list[Any] = []  # the inner parts of every thinking chunk, in order
+        self.signature: Any = None
+        self.tool_calls: dict[int, _ToolCall] = {}
+        self.finish_reason: Any = None
         self.logprobs: list[Any] | None = None
 
     def add(self, choice: Mapping[str, Any]) -> bool:
-        output = False
+        """Take one StreamChoice; True if it carried generated output."""
         delta = choice.get("delta")
-        if isinstance(delta, dict):
-            output = self._add_delta(delta)
+        output = isinstance(delta, dict) and self._add_delta(delta)
         if choice.get("finish_reason") is not None:
             self.finish_reason = choice["finish_reason"]
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
-            self.logprobs = (self.logprobs or []) + logprobs["content"]
+            self.logprobs = self.logprobs or []
+            self.logprobs.extend(logprobs["content"])
         return output
 
     def _add_delta(self, delta: Mapping[str, Any]) -> bool:
         if self.role is None and isinstance(delta.get("role"), str):
             self.role = delta["role"]
-        output = self._add_content(delta.get("content"))
+        content = delta.get("content")
+        output = False
+        if isinstance(content, str):
+            output = bool(content)
+            if output:
+                self.text.append(content)
+        elif isinstance(content, list):
+            output = self._add_parts(content)
         tool_calls = delta.get("tool_calls")
-        if isinstance(tool_calls, list):
-            for position, call in enumerate(tool_calls):
-                if isinstance(call, dict):
-                    self._add_tool_call(call, position)
-                    output = True
+        if isinstance(tool_calls, list) and tool_calls:
+            self._add_tool_calls(tool_calls)
+            output = True
         return output
 
-    def _add_content(self, content: object) -> bool:
-        if isinstance(content, str):
-            if content:
-                self.text.append(content)
-            return bool(content)
+    def _add_parts(self, parts: list[Any]) -> bool:
+        # Only text and thinking make up a reply's content; other chunk types are dropped.
         output = False
-        for part in content if isinstance(content, list) else ():
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "text" and isinstance(part.get("text"), str):
+        for part in parts:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
                 self.text.append(part["text"])
                 output = output or bool(part["text"])
-            elif part.get("type") == "thinking":
-                inner = part.get("thinking")
-                self.thinking.extend(inner if isinstance(inner, list) else [inner])
+            elif kind == "thinking":
+                self._add_thinking(part)
                 output = True
         return output
 
-    def _add_tool_call(self, call: Mapping[str, Any], position: int) -> None:
-        key = call["index"] if isinstance(call.get("index"), int) else position
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
-        assert isinstance(function, dict)
-        slot = self.tool_calls.get(key)
-        if slot is None:
-            slot = self.tool_calls[key] = {
-                "id": call.get("id"),
-                "type": call.get("type") or "function",
-                "name": function.get("name"),
-                "arguments": [],
-            }
-        else:
-            slot["id"] = slot["id"] or call.get("id")
-            slot["name"] = slot["name"] or function.get("name")
-        arguments = function.get("arguments")
-        if isinstance(arguments, str):
-            slot["arguments"].append(arguments)
-        elif isinstance(arguments, dict):
-            slot["arguments"] = arguments  # sent whole as an object: keep it as is
+    def _add_thinking(self, part: Mapping[str, Any]) -> None:
+        inner = part.get("thinking")
+        if isinstance(inner, list):
+            self.thinking.extend(inner)
+        if part.get("signature") is not None:
+            self.signature = part["signature"]
 
-    def message(self) -> dict[str, Any]:
-        text = "".join(self.text)
-        content: Any = text
-        if self.thinking:
-            content = [
-                {"type": "thinking", "thinking": self.thinking},
-                {"type": "text", "text": text},
-            ]
-        elif not text and self.tool_calls:
-            content = None
-        message: dict[str, Any] = {"role": self.role or "assistant", "content": content}
+    def _add_tool_calls(self, calls: list[Any]) -> None:
+        for position, call in enumerate(calls):
+            if not isinstance(call, dict):
+                continue
+            function = call.get("function")
+            function = function if isinstance(function, dict) else {}
+            index = call.get("index")
+            key = index if isinstance(index, int) else position
+            slot = self.tool_calls.get(key)
+            if slot is None:
+                self.tool_calls[key] = slot = _ToolCall(call, function)
+            slot.add(call, function)
+
+    def build(self) -> dict[str, Any]:
+        """This choice as it appears in a non-streamed ChatCompletionResponse."""
+        result: dict[str, Any] = {
+            "index": self.index,
+            "message": self._message(),
+            "finish_reason": self.finish_reason,
+        }
+        if self.logprobs is not None:
+            result["logprobs"] = {"content": self.logprobs}
+        return result
+
+    def _message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": self.role or "assistant", "content": self._content()}
         if self.tool_calls:
-            message["tool_calls"] = [_tool_call(i, s) for i, s in sorted(self.tool_calls.items())]
+            calls = sorted(self.tool_calls.items())
+            message["tool_calls"] = [call.build(index) for index, call in calls]
         return message
 
+    def _content(self) -> Any:
+        text = "".join(self.text)
+        if self.thinking or self.signature is not None:
+            thinking: dict[str, Any] = {"type": "thinking", "thinking": _merged(self.thinking)}
+            if self.signature is not None:
+                thinking["signature"] = self.signature
+            return [thinking, {"type": "text", "text": text}]
+        if not text and self.tool_calls:
+            return None  # what the API itself sends for a reply that is only tool calls
+        return text
 
-def _tool_call(index: int, slot: dict[str, Any]) -> dict[str, Any]:
-    arguments = slot["arguments"]
-    return {
-        "id": slot["id"],
-        "type": slot["type"],
-        "index": index,
-        "function": {
-            "name": slot["name"],
-            "arguments": "".join(arguments) if isinstance(arguments, list) else arguments,
-        },
-    }
+
+def _merged(parts: list[Any]) -> list[Any]:
+    """Adjacent plain text parts joined: a streamed thought arrives one token per part,
+    a non-streamed one as a single text part."""
+    merged: list[Any] = []
+    run: list[str] = []
+    for part in parts:
+        if _is_plain_text(part):
+            run.append(part["text"])
+            continue
+        if run:
+            merged.append({"type": "text", "text": "".join(run)})
+            run = []
+        merged.append(part)
+    if run:
+        merged.append({"type": "text", "text": "".join(run)})
+    return merged
+
+
+def _is_plain_text(part: Any) -> bool:
+    return (
+        isinstance(part, dict)
+        and part.keys() == {"type", "text"}
+        and part["type"] == "text"
+        and isinstance(part["text"], str)
+    )
 
 
 class StreamAssembler:
@@ -131,49 +198,46 @@ class StreamAssembler:
 
     def __init__(self) -> None:
         self._choices: dict[int, _Choice] = {}
-        self._head: dict[str, Any] | None = None
+        self._head: tuple[Any, Any, Any] | None = None  # id, created, model
         self._usage: Any = None
 
     def add(self, chunk: Mapping[str, Any]) -> bool:
         """Take one chunk; True if it carried generated output (for time-to-first-token)."""
         if self._head is None:
-            self._head = {k: chunk.get(k) for k in ("id", "created", "model")}
+            self._head = (chunk.get("id"), chunk.get("created"), chunk.get("model"))
         if chunk.get("usage") is not None:
             self._usage = chunk["usage"]
+        choices = chunk.get("choices")
         output = False
-        for choice in chunk.get("choices") or ():
-            if isinstance(choice, dict):
-                index = choice.get("index", 0)
-                key = index if isinstance(index, int) else 0
-                accumulator = self._choices.get(key) or self._choices.setdefault(key, _Choice(key))
-                output = accumulator.add(choice) or output
+        for choice in choices if isinstance(choices, list) else ():
+            if isinstance(choice, dict) and self._choice(choice.get("index")).add(choice):
+                output = True
         return output
 
+    def _choice(self, index: object) -> _Choice:
+        key = index if isinstance(index, int) else 0
+        choice = self._choices.get(key)
+        if choice is None:
+            self._choices[key] = choice = _Choice(key)
+        return choice
+
     def finish(self) -> dict[str, Any]:
-        """The reassembled response; StreamTruncated if no choice ever finished."""
-        if self._head is None:
-            raise StreamTruncated("stream carried no completion chunks")
-        if not any(c.finish_reason is not None for c in self._choices.values()):
-            raise StreamTruncated("stream ended without a finish_reason")
+        """The reassembled response; StreamTruncated unless every choice finished."""
+        if self._head is None or not self._choices:
+            raise StreamTruncated("stream carried no completion choices")
+        unfinished = [i for i, c in self._choices.items() if c.finish_reason is None]
+        if unfinished:
+            raise StreamTruncated(f"stream ended without a finish_reason for choices {unfinished}")
+        response_id, created, model = self._head
         return {
-            "id": self._head["id"],
+            "id": response_id,
             "object": "chat.completion",
-            "created": self._head["created"],
-            "model": self._head["model"],
-            "choices": [self._choice(c) for _, c in sorted(self._choices.items())],
+            "created": created,
+            "model": model,
+            "choices": [choice.build() for _, choice in sorted(self._choices.items())],
+            # null, not zeros, when the server sent none: zeros would read as real counts
             "usage": self._usage,
         }
-
-    @staticmethod
-    def _choice(choice: _Choice) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "index": choice.index,
-            "message": choice.message(),
-            "finish_reason": choice.finish_reason,
-        }
-        if choice.logprobs is not None:
-            result["logprobs"] = {"content": choice.logprobs}
-        return result
 
 
 async def read_completion_stream(
@@ -181,30 +245,40 @@ async def read_completion_stream(
 ) -> dict[str, Any]:
     """Consume a text/event-stream body up to `data: [DONE]` and return the response.
 
-    Raises StreamTruncated for a body that ends before [DONE], a malformed or error event,
-    or a stream with no finish_reason; the caller retries the whole request."""
+    Calls `on_first_output()` once, when the first generated output arrives. Raises
+    StreamTruncated for a body that ends before [DONE], a malformed or error event, or a
+    stream with no finish_reason; the caller retries the whole request. Nothing after
+    [DONE] is read."""
     decoder = SSEDecoder()
     assembler = StreamAssembler()
-    seen_output = False
+    waiting_for_output = True
     async for piece in chunks:
         for event in decoder.feed(piece):
-            if event.data == DONE:
+            if event.data == DONE and event.event != "error":
                 return assembler.finish()
-            if assembler.add(_decode(event)) and not seen_output:
-                seen_output = True
+            if assembler.add(_chunk_of(event)) and waiting_for_output:
+                waiting_for_output = False
                 on_first_output()
-    raise StreamTruncated("stream ended before data: [DONE]")
+    where = " (cut inside an event)" if decoder.pending else ""
+    raise StreamTruncated(f"stream ended before data: [DONE]{where}")
 
 
-def _decode(event: SSEEvent) -> dict[str, Any]:
+def _chunk_of(event: SSEEvent) -> dict[str, Any]:
+    """The CompletionChunk an event carries; StreamTruncated for anything else."""
     if event.event == "error":
-        raise StreamTruncated(f"server sent an error event: {event.data[:EXCERPT]}")
+        raise StreamTruncated(f"server sent an error event: {_excerpt(event.data)}")
     try:
         chunk = orjson.loads(event.data)
     except orjson.JSONDecodeError:
-        raise StreamTruncated(f"malformed event: {event.data[:EXCERPT]!r}") from None
+        raise StreamTruncated(f"malformed event: {_excerpt(event.data)!r}") from None
     if not isinstance(chunk, dict):
-        raise StreamTruncated(f"malformed event: {event.data[:EXCERPT]!r}")
-    if "error" in chunk:
-        raise StreamTruncated(f"server error mid-stream: {str(chunk['error'])[:EXCERPT]}")
+        raise StreamTruncated(f"malformed event, not a JSON object: {_excerpt(event.data)!r}")
+    error = chunk.get("error")
+    if error is not None:
+        text = error if isinstance(error, str) else orjson.dumps(error).decode()
+        raise StreamTruncated(f"server error mid-stream: {_excerpt(text)}")
     return chunk
+
+
+def _excerpt(text: str) -> str:
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
