@@ -32,7 +32,10 @@ class Measured:
 
 
 def run_measured(
-    args: list[str], timeout: float = 900, env: dict[str, str] | None = None
+    args: list[str],
+    timeout: float = 900,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Measured:
     """Run a child and read its own rusage via wait4 (not the whole process tree's)."""
     started = time.perf_counter()
@@ -41,6 +44,7 @@ def run_measured(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     deadline = started + timeout
     while True:
