@@ -5,7 +5,7 @@
 Zero-latency mock server in its own process; every client is a separate process whose
 own CPU time (user+sys, from wait4) is divided by the request count. batchrun's figure
 includes everything it does: validation, journal + fsync, ordering, summary.
-Target (issue 3): batchrun within 3x of plain aiohttp.
+Target: batchrun within 3x of plain aiohttp.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 Same lines, same mock server (its own process), both runs in this one benchmark run.
 The floor of the streamed run is requests x (one streamed request's duration, measured
-alone) / concurrency. Targets (issue 4): CPU per request within 2x of non-streaming;
+alone) / concurrency. Targets: CPU per request within 2x of non-streaming;
 wall time within 1.2x of the floor.
 """
 
