@@ -2,7 +2,7 @@
 
     python benchmarks/latency_bound.py [--requests 2000] [--concurrency 64] [--latency-ms 200]
 
-Floor = requests x latency / concurrency (6.25 s with the defaults). Target (issue 3):
+Floor = requests x latency / concurrency (6.25 s with the defaults). Target:
 within 1.25x, every line correct.
 """
 
