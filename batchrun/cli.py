@@ -20,6 +20,7 @@ import anyio
 import click
 import orjson
 from rich.console import Console
+from rich.text import Text
 
 from ._version import __version__
 from .config import DEFAULT_API_KEY_ENV, DEFAULT_BASE_URL, RetryConfig, RunConfig, Timeouts
@@ -253,11 +254,11 @@ def run(
             },
         )
     for repair in report.repairs:
-        err.print(f"[yellow]repaired[/]: {repair}")
+        err.print(Text.assemble(("repaired", "yellow"), f": {repair}"))
     if not quiet:
         params = click.get_current_context().params
         render_summary(report.summary, err, _resume_command(params, report.outdir))
-        err.print(f"results: {report.outdir / 'results.jsonl'}", highlight=False)
+        err.print(f"results: {report.outdir / 'results.jsonl'}", highlight=False, markup=False)
     if as_json:
         click.echo(orjson.dumps(report.summary, option=orjson.OPT_INDENT_2).decode())
     sys.exit(report.exit_code)
@@ -289,7 +290,7 @@ def _run_or_exit(
             backend_options=_loop_options(),
         )
     except BatchrunError as exc:
-        err.print(f"[red]error[/]: {exc}", highlight=False)
+        err.print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted before the run started; nothing was sent")

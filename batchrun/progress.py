@@ -19,6 +19,7 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 __all__ = [
     "LiveStats",
@@ -137,7 +138,9 @@ class ProgressDisplay:
             self._progress.refresh()
         elif noted or time.monotonic() - self._last_plain >= PLAIN_INTERVAL_S:
             self._last_plain = time.monotonic()
-            self._console.print(f"batchrun {stats.done:,}/{stats.total:,} · {detail}")
+            self._console.print(
+                f"batchrun {stats.done:,}/{stats.total:,} · {detail}", markup=False, highlight=False
+            )
 
 
 def error_digest(errors: Path) -> dict[str, Any]:
@@ -178,12 +181,19 @@ def render_summary(summary: dict[str, Any], console: Console, command: str | Non
     shortest command that resumes this OUTDIR, for the next-step hint."""
     console.print(_table(summary))
     for line in next_steps(summary, command):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
+
+
+class _PlainTable(Table):
+    """Cells are text, never markup: error messages quote input lines and server bodies."""
+
+    def add_row(self, *cells: Any, **options: Any) -> None:
+        super().add_row(*(Text(cell) for cell in cells), **options)
 
 
 def _table(summary: dict[str, Any]) -> Table:
     counts, session = summary["counts"], summary["session"]
-    table = Table(show_header=False, box=None, pad_edge=False)
+    table = _PlainTable(show_header=False, box=None, pad_edge=False)
     table.add_row(
         "status", summary["status"] + (f" ({summary['reason']})" if summary["reason"] else "")
     )

@@ -30,6 +30,7 @@ __all__ = [
     "iter_raw_lines",
     "iter_requests",
     "scan_input",
+    "unused_model_warning",
 ]
 
 READ_CHUNK = 1 << 20
@@ -187,11 +188,15 @@ def check_models(scan: InputScan, model: str | None, override_model: str | None)
             "(used for every line); nothing was sent"
         )
     if model is not None and not scan.missing_model and scan.requests:
-        return (
-            f"-m {model} is ignored: every line names its own model "
-            f"(--override-model {model} runs them all against it)"
-        )
+        return unused_model_warning(model)
     return None
+
+
+def unused_model_warning(model: str) -> str:
+    return (
+        f"-m {model} is ignored: every line names its own model "
+        f"(--override-model {model} runs them all against it)"
+    )
 
 
 class _DuplicateIds:
@@ -249,6 +254,7 @@ class LineParser:
         self.format = fmt
         self.default_model = default_model
         self.override_model = override_model
+        self.defaulted = 0  # lines that took default_model
         self.force_stream = force_stream
         self.warnings: dict[str, list[int]] = {}  # warning -> [count, first line]
 
@@ -294,6 +300,7 @@ class LineParser:
             changed = True
         elif "model" not in body and self.default_model is not None:
             body["model"] = self.default_model
+            self.defaulted += 1
             changed = True
         elif "model" not in body:
             raise InvalidInput("is missing and no --model was given", field="model")

@@ -21,6 +21,7 @@ import orjson
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from rich.console import Console
+from rich.text import Text
 
 from .client import ChatClient, Reply
 from .config import RunConfig
@@ -30,12 +31,14 @@ from .output import Completed, ResultWriter, SentLog, error_record, ok_record
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
 from .reader import (
     BadLine,
+    InputFormat,
     InputScan,
     LineParser,
     Request,
     check_models,
     iter_requests,
     scan_input,
+    unused_model_warning,
 )
 from .retry import RetryPolicy
 from .summary import SessionInfo, build_summary, write_summary
@@ -70,7 +73,7 @@ async def run_batch(
     scan = await anyio.to_thread.run_sync(scan_input, config.input_path, config.max_line_bytes)
     warning = check_models(scan, config.model, config.override_model)
     if warning and console is not None:
-        console.print(f"[yellow]warning[/]: {warning}", highlight=False)
+        console.print(Text.assemble(("warning", "yellow"), f": {warning}"), highlight=False)
     try:
         lock, state = open_outdir(config, scan)
     except OSError as exc:
@@ -339,11 +342,20 @@ class _Run:
         elif self.state.resumed:
             self._say(f"resuming: {done:,} of {total:,} done")
 
-    def _say(self, text: str) -> None:
+    def _warn_unused_model(self) -> None:
+        """The scan does not parse plain lines, so an -m that no line needed is only
+        known once lines were sent (batch files are checked before sending)."""
+        model, parser = self.config.model, self.parser
+        unknown = parser.defaulted or self.config.override_model or not self.stats.sent
+        if model and parser.format is InputFormat.PLAIN and not unknown:
+            self._say(Text.assemble(("warning", "yellow"), ": " + unused_model_warning(model)))
+
+    def _say(self, text: str | Text) -> None:
         if self._console is not None:
-            self._console.print(text, highlight=False)
+            self._console.print(text, highlight=False, markup=False)
 
     def _finish(self) -> RunReport:
+        self._warn_unused_model()
         status, code, reason = self._outcome()
         session = SessionInfo(
             status=status,

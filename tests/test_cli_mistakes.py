@@ -362,3 +362,31 @@ def test_mock_server_help_explains_every_fault_kind_and_the_directives() -> None
     text = "\n".join(help_lines)
     for directive in ("x-mock-fault", "x-mock-fault-times", "times", "latency_ms", "retry_after"):
         assert directive in text
+
+
+def test_model_flag_that_plain_lines_never_need_is_warned_once(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = write_lines(tmp_path / "in.jsonl", [plain(i) for i in range(5)])
+    args = ("run", str(path), "--base-url", server.url, "-q", "-m", "other")
+    result = invoke(*args, "-o", str(tmp_path / "all-named"))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("-m other is ignored: every line names its own model") == 1
+    path = write_lines(tmp_path / "in.jsonl", [plain(0), body(1)])
+    needed = invoke(*args, "-o", str(tmp_path / "one-unnamed"))
+    assert needed.exit_code == 0, needed.output
+    assert "is ignored" not in needed.output
+
+
+def test_text_from_inputs_and_paths_is_printed_as_is_never_as_markup(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    line = {"custom_id": "a", "method": "[/x]", "url": "/v1/chat/completions", "body": plain(0)}
+    path = write_lines(tmp_path / "in.jsonl", [line, {**line, "custom_id": "b", "method": "POST"}])
+    out = tmp_path / "out[/b]"
+    result = invoke("run", str(path), "-o", str(out), "--base-url", server.url)
+    assert result.exit_code == 2, result.output
+    assert "1 line: method: must be POST, got '[/x]' (invalid_input)" in result.output
+    assert f"results: {out / 'results.jsonl'}" in result.output
