@@ -306,23 +306,30 @@ class _Run:
         try:
             async for _ in signals:
                 if self.interrupted:
-                    self._say(f"stopping now: {self.stats.in_flight} in-flight requests cancelled")
+                    self._say(f"stopping now: {self.stats.in_flight} in flight, cancelled")
                     self._work_scope.cancel()
                     continue
                 self.interrupted = True
                 self._dispatch_scope.cancel()
-                self._say(
-                    f"finishing {self.stats.in_flight} in-flight requests "
-                    f"(up to {self.config.grace_period:g} s); Ctrl-C again to stop now"
-                )
+                self._say(self._interrupt_notice())
                 side.start_soon(self._expire_grace)
         finally:
             receiver.__exit__(None, None, None)
 
+    def _interrupt_notice(self) -> str:
+        in_flight = self.stats.in_flight
+        if not in_flight:
+            return "stopping: no request in flight"
+        requests = "request" if in_flight == 1 else "requests"
+        return (
+            f"finishing {in_flight} in-flight {requests} (up to {self.config.grace_period:g} s); "
+            "Ctrl-C again to stop now"
+        )
+
     async def _expire_grace(self) -> None:
         await anyio.sleep(self.config.grace_period)
         if self.stats.in_flight:
-            self._say(f"grace period over: {self.stats.in_flight} in-flight requests cancelled")
+            self._say(f"grace period over: {self.stats.in_flight} in flight, cancelled")
         self._work_scope.cancel()
 
     async def _tick(self, display: ProgressDisplay) -> None:

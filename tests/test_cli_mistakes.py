@@ -390,3 +390,24 @@ def test_text_from_inputs_and_paths_is_printed_as_is_never_as_markup(
     assert result.exit_code == 2, result.output
     assert "1 line: method: must be POST, got '[/x]' (invalid_input)" in result.output
     assert f"results: {out / 'results.jsonl'}" in result.output
+
+
+def test_a_second_ctrl_c_says_it_stops_now(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    log = tmp_path / "requests.log"
+    server = mock_server(latency_ms=30_000, request_log=log)
+    path = write_lines(tmp_path / "in.jsonl", [plain(i) for i in range(20)])
+    proc = popen("run", str(path), "-o", str(tmp_path / "out"), "--base-url", server.url, "-c", "4")
+    deadline = time.monotonic() + 30
+    while len(sent_contents(log)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    text = stderr.decode()
+    assert proc.returncode == 130, text
+    assert "finishing 4 in-flight requests (up to 30 s); Ctrl-C again to stop now" in text
+    assert "stopping now: 4 in flight, cancelled" in text
+    assert "to resume: batchrun run" in text
