@@ -342,7 +342,8 @@ FAULT_HELP = {
 
 def _mock_help() -> str:
     width = max(map(len, FAULT_KINDS))
-    kinds = "\n".join(f"  {kind:<{width}}  {FAULT_HELP[kind]}" for kind in FAULT_KINDS)
+    # .get: a kind added without its line must not break the whole CLI (a test catches it)
+    kinds = "\n".join(f"  {kind:<{width}}  {FAULT_HELP.get(kind, '')}" for kind in FAULT_KINDS)
     return f"""Serve a Mistral-compatible chat API on HOST:PORT, with faults on demand.
 
 \b

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from batchrun import RunConfig, run_batch
-from batchrun.cli import main
+from batchrun.cli import FAULT_HELP, main
 from batchrun.mockfaults import FAULT_KINDS
 from batchrun.mockserver import MockServer
 
@@ -355,6 +355,7 @@ def test_a_closed_stderr_never_stops_the_run(
 
 
 def test_mock_server_help_explains_every_fault_kind_and_the_directives() -> None:
+    assert sorted(FAULT_HELP) == sorted(FAULT_KINDS)
     help_lines = invoke("mock-server", "--help").output.splitlines()
     for kind in FAULT_KINDS:
         described = [line for line in help_lines if line.split()[:1] == [kind]]
