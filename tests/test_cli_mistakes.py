@@ -250,10 +250,10 @@ def test_ctrl_c_resume_and_nothing_to_do_are_said(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server(latency_ms=300)
-    path = write_lines(tmp_path / "in.jsonl", [plain(i) for i in range(80)])
+    path = write_lines(tmp_path / "in.jsonl", [plain(i) for i in range(200)])
     out = tmp_path / "out"
-    args = ("run", str(path), "-o", str(out), "--base-url", server.url, "-c", "8")
-    proc = popen(*args, "--grace-period", "20")
+    args = ("run", str(path), "-o", str(out), "--base-url", server.url)
+    proc = popen(*args, "-c", "8", "--grace-period", "20")
     journal = out / "journal.jsonl"
     for _ in range(1500):
         if journal.exists() and journal.read_bytes().count(b"\n") >= 8:
@@ -263,16 +263,18 @@ def test_ctrl_c_resume_and_nothing_to_do_are_said(
     _, stderr = proc.communicate(timeout=60)
     text = stderr.decode()
     assert proc.returncode == 130, text
-    assert "finishing 8 in-flight requests (up to 20 s); Ctrl-C again to stop now" in text
+    # Usually 8; a worker between two lines at the signal makes it fewer.
+    notice = r"finishing [1-8] in-flight requests? \(up to 20 s\); Ctrl-C again to stop now"
+    assert re.search(notice, text), text
     assert f"to resume: batchrun run {path} -o {out} --base-url {server.url}" in text
     done = journal.read_bytes().count(b"\n")
-    resumed = popen(*args)
+    resumed = popen(*args, "-c", "64")
     _, stderr = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, stderr.decode()
-    assert f"resuming: {done} of 80 done" in stderr.decode()
+    assert f"resuming: {done} of 200 done" in stderr.decode()
     again = invoke(*args)
     assert again.exit_code == 0
-    assert f"nothing to do: all 80 lines already have a record in {out}" in again.output
+    assert f"nothing to do: all 200 lines already have a record in {out}" in again.output
 
 
 def test_a_shared_429_pause_is_shown(
