@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from rich.console import Console
 
 from batchrun.progress import LiveStats, ProgressDisplay, error_digest, stderr_console
 
@@ -66,3 +67,13 @@ def test_error_digest_counts_causes_not_lines(tmp_path: Path) -> None:
     ]
     assert digest["top_errors"][2] == {"type": "timeout", "message": "t", "count": 1}
     assert error_digest(tmp_path / "missing.jsonl") == {"top_errors": [], "retryable_failed": 0}
+
+
+def test_a_note_joins_the_bar_on_a_terminal() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200, color_system=None)
+    stats = LiveStats(total=5, sent=1, ok=1)
+    with ProgressDisplay(stats, console) as display:
+        display.tick("paused 3 s: HTTP 429 (shared Retry-After)")
+    assert "paused 3 s: HTTP 429 (shared Retry-After)" in out.getvalue()
+    assert "1/5" in out.getvalue()
