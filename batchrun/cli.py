@@ -1,7 +1,8 @@
 """The command line: parse flags, call the library, print, exit. No work happens here.
 
 Every option can also be set by environment variable: BATCHRUN_<COMMAND>_<OPTION>,
-e.g. BATCHRUN_RUN_CONCURRENCY=64.
+e.g. BATCHRUN_RUN_CONCURRENCY=64 (`--help` shows each one). Usage errors exit 1, like
+every configuration error: exit 2 means "finished, some lines failed".
 """
 
 from __future__ import annotations
@@ -9,30 +10,88 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import click
 import orjson
 from rich.console import Console
+from rich.text import Text
 
 from ._version import __version__
 from .config import DEFAULT_API_KEY_ENV, DEFAULT_BASE_URL, RetryConfig, RunConfig, Timeouts
 from .config import default_outdir as _default_outdir
 from .errors import BatchrunError
 from .mockserver import FAULT_KINDS, MockConfig, MockServer, serve
-from .progress import render_summary
+from .progress import render_summary, stderr_console
 from .runner import EXIT_INTERRUPTED, RunReport, run_batch
 
 __all__ = ["main"]
 
 MOCK_KEY = "mock-key"
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "BATCHRUN"}
+ENV_PREFIX = "BATCHRUN"
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+USAGE_EXIT = 1
+# The flags a resume must repeat (request settings, where to send, what to read).
+RESUME_FLAGS = (
+    ("model", "-m"),
+    ("override_model", "--override-model"),
+    ("stream", "--stream"),
+    ("limit", "--limit"),
+    ("mock", "--mock"),
+    ("no_api_key", "--no-api-key"),
+    ("allow_insecure_http", "--allow-insecure-http"),
+)
 
 
-@click.group(context_settings=CONTEXT)
+@contextlib.contextmanager
+def _usage_exits_1() -> Iterator[None]:
+    try:
+        yield
+    except click.UsageError as exc:
+        exc.exit_code = USAGE_EXIT  # type: ignore[misc]  # click's ClassVar, on purpose
+        raise
+
+
+class _Command(click.Command):
+    """A command whose options read BATCHRUN_<COMMAND>_<OPTION>, named after the long
+    flag (not the Python parameter), and say so in --help."""
+
+    def __init__(self, name: str | None, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        prefix = f"{ENV_PREFIX}_{name or ''}".upper().replace("-", "_")
+        for param in self.params:
+            if isinstance(param, click.Option) and param.envvar is None:
+                flag = max(param.opts, key=len).lstrip("-")
+                param.envvar = f"{prefix}_{flag.upper().replace('-', '_')}"
+                param.show_envvar = True
+
+
+class _Group(click.Group):
+    """Usage errors (a typo'd flag, a bad value, a missing argument) exit 1, not click's 2."""
+
+    command_class = _Command
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _usage_exits_1():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _usage_exits_1():
+            return super().invoke(ctx)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="batchrun")
 def main() -> None:
     """Run large batches of chat-completion requests from JSONL files, crash-safe.
@@ -79,6 +138,16 @@ def main() -> None:
     "-m",
     "--model",
     help="Model for lines that name none (required for Mistral batch lines without one).",
+)
+@click.option(
+    "--override-model",
+    metavar="MODEL",
+    help="Send every line to MODEL, replacing the model the line names.",
+)
+@click.option(
+    "--no-api-key",
+    is_flag=True,
+    help="Send no Authorization header (servers without authentication: vLLM, Ollama...).",
 )
 @click.option("--mock", is_flag=True, help="Start the built-in mock server and run against it.")
 @click.option(
@@ -127,6 +196,8 @@ def run(
     base_url: str,
     api_key_env: str,
     model: str | None,
+    override_model: str | None,
+    no_api_key: bool,
     mock: bool,
     mock_latency_ms: float,
     mock_fail_rate: float,
@@ -148,11 +219,13 @@ def run(
       batchrun run jobs/demo.jsonl --mock                  # no key, no network
       MISTRAL_API_KEY=... batchrun run labels.jsonl -o out/ -c 64
       batchrun run batch.jsonl -m mistral-small-latest     # Mistral batch lines
+      batchrun run evals.jsonl --override-model mistral-large-latest  # another model
+      batchrun run in.jsonl --base-url http://localhost:8000 --no-api-key  # local vLLM
       batchrun run evals.jsonl --stream --json > summary.json
       batchrun run labels.jsonl -o out/ --retry-failed     # resume, re-send failures
     """
-    err = Console(stderr=True)
-    with _mock_server(mock, mock_latency_ms, mock_fail_rate) as mock_url:
+    err = stderr_console()
+    with _mock_server(mock, mock_latency_ms, mock_fail_rate, no_api_key) as mock_url:
         api_key = (os.environ.get(api_key_env) or MOCK_KEY) if mock_url else None
         report = _run_or_exit(
             err,
@@ -164,6 +237,8 @@ def run(
                 "base_url": mock_url or base_url,
                 "api_key_env": api_key_env,
                 "model": model,
+                "override_model": override_model,
+                "no_api_key": no_api_key,
                 "concurrency": concurrency,
                 "stream": stream,
                 "limit": limit,
@@ -179,13 +254,30 @@ def run(
             },
         )
     for repair in report.repairs:
-        err.print(f"[yellow]repaired[/]: {repair}")
+        err.print(Text.assemble(("repaired", "yellow"), f": {repair}"))
     if not quiet:
-        render_summary(report.summary, err)
-        err.print(f"results: {report.outdir / 'results.jsonl'}")
+        params = click.get_current_context().params
+        render_summary(report.summary, err, _resume_command(params, report.outdir))
+        err.print(f"results: {report.outdir / 'results.jsonl'}", highlight=False, markup=False)
     if as_json:
         click.echo(orjson.dumps(report.summary, option=orjson.OPT_INDENT_2).decode())
     sys.exit(report.exit_code)
+
+
+def _resume_command(params: dict[str, Any], outdir: Path) -> str:
+    """The shortest command that picks this OUTDIR up again (--fresh left out)."""
+    args = ["batchrun", "run", str(params["input_path"]), "-o", str(outdir)]
+    if not params.get("mock") and params.get("base_url") != DEFAULT_BASE_URL:
+        args += ["--base-url", str(params["base_url"])]
+    if params.get("api_key_env") != DEFAULT_API_KEY_ENV:
+        args += ["--api-key-env", str(params["api_key_env"])]
+    for name, flag in RESUME_FLAGS:
+        value = params.get(name)
+        if value is True:
+            args.append(flag)
+        elif value is not None and value is not False:
+            args += [flag, str(value)]
+    return shlex.join(args)
 
 
 def _run_or_exit(
@@ -198,7 +290,7 @@ def _run_or_exit(
             backend_options=_loop_options(),
         )
     except BatchrunError as exc:
-        err.print(f"[red]error[/]: {exc}", highlight=False)
+        err.print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted before the run started; nothing was sent")
@@ -212,19 +304,76 @@ def _loop_options() -> dict[str, bool]:
 
 
 @contextlib.contextmanager
-def _mock_server(enabled: bool, latency_ms: float, fail_rate: float) -> Iterator[str | None]:
+def _mock_server(
+    enabled: bool, latency_ms: float, fail_rate: float, no_auth: bool
+) -> Iterator[str | None]:
     if not enabled:
         yield None
         return
-    with MockServer(MockConfig(latency_ms=latency_ms, fail_rate=fail_rate)) as server:
+    config = MockConfig(latency_ms=latency_ms, fail_rate=fail_rate, require_auth=not no_auth)
+    with MockServer(config) as server:
         yield server.url
 
 
-@main.command("mock-server", context_settings=CONTEXT)
+# One line per kind, what the server does. Streamed kinds break a streamed reply halfway;
+# a non-streamed request gets their twin (cut -> drop, stall -> hang, malformed -> invalid_json).
+FAULT_HELP = {
+    "429": "429 Too Many Requests with Retry-After (--retry-after); retried, one shared pause",
+    "408": "408 Request Timeout; retried",
+    "409": "409 Conflict; retried",
+    "500": "500 Internal Server Error; retried",
+    "502": "502 Bad Gateway; retried",
+    "503": "503 Service Unavailable; retried",
+    "504": "504 Gateway Timeout; retried",
+    "400": "400 Bad Request; not retried",
+    "401": "401 Unauthorized; not retried, three in a row stop the run",
+    "403": "403 Forbidden; not retried, three in a row stop the run",
+    "404": "404 Not Found; not retried",
+    "422": "422 Unprocessable Entity; not retried",
+    "drop": "close the connection without an answer",
+    "hang": "never answer; the connection stays open until the client gives up",
+    "invalid_json": "200 whose body is not JSON",
+    "redirect": "307 to the same URL (batchrun follows no redirect)",
+    "cut": "stream: stop halfway, no [DONE], connection closed (not streamed: drop)",
+    "stall": "stream: go silent halfway, connection kept open (not streamed: hang)",
+    "malformed": "stream: a non-JSON event halfway, then [DONE] (not streamed: invalid_json)",
+}
+
+
+def _mock_help() -> str:
+    width = max(map(len, FAULT_KINDS))
+    # .get: a kind added without its line must not break the whole CLI (a test catches it)
+    kinds = "\n".join(f"  {kind:<{width}}  {FAULT_HELP.get(kind, '')}" for kind in FAULT_KINDS)
+    return f"""Serve a Mistral-compatible chat API on HOST:PORT, with faults on demand.
+
+\b
+Fault kinds (--fault KIND for every request, --fail-rate for a random transient one):
+{kinds}
+
+\b
+Per request, in the body: "metadata": {{"mock": {{...}}}} with
+  fault            a KIND for this request
+  times            apply the fault to the first N arrivals of this exact body only
+  latency_ms       extra latency for this request
+  chunks           pieces the streamed content is cut into
+  chunk_delay_ms   delay between streamed chunks
+  retry_after      Retry-After seconds on this request's 429
+  retry_after_ms   retry-after-ms header on this request's 429
+or the headers `x-mock-fault: KIND` and `x-mock-fault-times: N` (they win over the
+body's fault). An unknown kind is answered 400.
+
+\b
+Examples:
+  batchrun mock-server --port 8089 --latency-ms 200
+  batchrun mock-server --fail-rate 0.1 --fault 429 --retry-after 0.5
+"""
+
+
+@main.command("mock-server", context_settings=CONTEXT, help=_mock_help())
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8089, show_default=True, help="0 picks a free port.")
-@click.option("--latency-ms", default=0.0, show_default=True)
-@click.option("--jitter-ms", default=0.0, show_default=True)
+@click.option("--latency-ms", default=0.0, show_default=True, help="Added to every reply.")
+@click.option("--jitter-ms", default=0.0, show_default=True, help="+ uniform(0, this), seeded.")
 @click.option(
     "--fail-rate",
     default=0.0,
@@ -232,10 +381,12 @@ def _mock_server(enabled: bool, latency_ms: float, fail_rate: float) -> Iterator
     help="Share of requests answered with a transient fault (500/503/429/drop).",
 )
 @click.option("--fault", type=click.Choice(FAULT_KINDS), help="Apply this fault to every request.")
-@click.option("--stream-chunks", default=8, show_default=True)
-@click.option("--stream-delay-ms", default=0.0, show_default=True)
+@click.option("--stream-chunks", default=8, show_default=True, help="Pieces of a streamed reply.")
+@click.option(
+    "--stream-delay-ms", default=0.0, show_default=True, help="Delay between streamed chunks."
+)
 @click.option("--retry-after", default=1.0, show_default=True, help="Retry-After on 429s, s.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seeds faults, jitter and replies.")
 @click.option("--no-auth", is_flag=True, help="Accept requests without a bearer token.")
 @click.option(
     "--request-log",
@@ -256,16 +407,6 @@ def mock_server(
     no_auth: bool,
     request_log: Path | None,
 ) -> None:
-    """Serve a Mistral-compatible chat API on HOST:PORT, with faults on demand.
-
-    Per request, a header `x-mock-fault: KIND` or a body field
-    `"metadata": {"mock": {"fault": KIND, "times": N}}` picks a fault.
-
-    \b
-    Examples:
-      batchrun mock-server --port 8089 --latency-ms 200
-      batchrun mock-server --fail-rate 0.1 --fault 429 --retry-after 0.5
-    """
     config = MockConfig(
         latency_ms=latency_ms,
         jitter_ms=jitter_ms,

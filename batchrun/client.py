@@ -53,15 +53,16 @@ class ChatClient:
 
     Use as `async with ChatClient(...) as client`; the session needs a running loop."""
 
-    def __init__(self, endpoint: str, api_key: str, *, concurrency: int, timeouts: Timeouts):
+    def __init__(self, endpoint: str, api_key: str | None, *, concurrency: int, timeouts: Timeouts):
         self._endpoint = endpoint
         self._concurrency = concurrency
-        authorization = api_key if api_key.startswith("Bearer ") else f"Bearer {api_key}"
         self._headers = {
-            "authorization": authorization,
             "content-type": "application/json",
             "user-agent": f"batchrun/{__version__}",
         }
+        if api_key:  # None or empty: a server without authentication gets no header
+            bearer = api_key if api_key.startswith("Bearer ") else f"Bearer {api_key}"
+            self._headers["authorization"] = bearer
         # sock_read bounds the silence between two reads: the whole reply for a plain
         # request, the gap between events for a stream. `connect` includes the wait
         # for a pooled connection, which never happens: the pool is as large as the

@@ -59,7 +59,9 @@ class RunConfig:
     outdir: Path
     base_url: str = DEFAULT_BASE_URL
     api_key_env: str = DEFAULT_API_KEY_ENV
-    model: str | None = None
+    model: str | None = None  # for lines that name none
+    override_model: str | None = None  # for every line, replacing the line's own
+    no_api_key: bool = False  # a server without authentication: no key read or sent
     concurrency: int = 32
     stream: bool = False
     limit: int | None = None
@@ -86,7 +88,10 @@ class RunConfig:
 
     def request_settings(self) -> dict[str, Any]:
         """The settings that change what is sent; a resume must not mix two of them."""
-        return {"model": self.model, "stream": self.stream}
+        settings: dict[str, Any] = {"model": self.model, "stream": self.stream}
+        if self.override_model is not None:  # absent when unused: older OUTDIRs still resume
+            settings["override_model"] = self.override_model
+        return settings
 
     def settings_hash(self) -> str:
         encoded = orjson.dumps(self.request_settings(), option=orjson.OPT_SORT_KEYS)

@@ -1,22 +1,63 @@
-"""What the user watches: live counters, the rich progress bar, and the closing summary.
+"""What the user watches: live counters, the progress line, notices, and the closing summary.
 
 The runner only bumps integers in `LiveStats`; the display reads them on a timer, so
-the per-request path never formats a string.
+the per-request path never formats a string. Nothing printed here may stop a run: a
+closed stderr (`2>&1 | head -1`, a dead log collector) silences the output, no more.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-__all__ = ["LiveStats", "ProgressDisplay", "render_summary"]
+__all__ = [
+    "LiveStats",
+    "ProgressDisplay",
+    "error_digest",
+    "render_summary",
+    "stderr_console",
+]
 
 PLAIN_INTERVAL_S = 10.0
+# Logs and pipes are read by grep and by people scrolling, not by an 80-column tty.
+UNWRAPPED_WIDTH = 10_000
+TOP_ERRORS = 3
+MAX_ERROR_KINDS = 10_000  # distinct messages counted; bounds memory on unique messages
+LINE_PREFIX = re.compile(r"^line \d+: ")
+
+
+class _StderrConsole(Console):
+    """A console whose broken pipe silences it instead of exiting the program."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        # Later writes by anyone (click, the interpreter's exit flush) must not fail either.
+        try:
+            fd = self.file.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def stderr_console() -> Console:
+    """The console every human-facing line goes to: stderr, never wrapped off a terminal."""
+    console = _StderrConsole(stderr=True, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = UNWRAPPED_WIDTH
+    return console
 
 
 @dataclass
@@ -41,12 +82,15 @@ class LiveStats:
         return max(time.monotonic() - self.started, 1e-9)
 
     def detail(self) -> str:
-        rate = (self.ok + self.failed) / self.elapsed
-        tokens = self.total_tokens / self.elapsed
-        return (
+        text = (
             f"ok {self.ok + self.done_before:,} · failed {self.failed:,} · "
-            f"in flight {self.in_flight} · retries {self.retries:,} · "
-            f"{rate:,.0f} req/s · {tokens:,.0f} tok/s"
+            f"in flight {self.in_flight} · retries {self.retries:,}"
+        )
+        if not self.sent:
+            return text  # a rate of lines never sent (invalid, or resumed) means nothing
+        elapsed = self.elapsed
+        return (
+            f"{text} · {self.sent / elapsed:,.1f} req/s · {self.total_tokens / elapsed:,.0f} tok/s"
         )
 
 
@@ -55,9 +99,10 @@ class ProgressDisplay:
 
     def __init__(self, stats: LiveStats, console: Console | None = None) -> None:
         self._stats = stats
-        self._console = console or Console(stderr=True)
+        self._console = console or stderr_console()
         self._live = self._console.is_terminal
         self._last_plain = time.monotonic()  # first plain line after an interval, not at 0
+        self._note = ""
         self._progress = Progress(
             TextColumn("[bold]batchrun"),
             BarColumn(),
@@ -83,20 +128,72 @@ class ProgressDisplay:
         if self._live:
             self._progress.stop()
 
-    def tick(self) -> None:
+    def tick(self, note: str = "") -> None:
+        """Redraw; `note` is a passing state the user should know of (a 429 pause)."""
         stats = self._stats
+        detail = f"{stats.detail()} · {note}" if note else stats.detail()
+        noted, self._note = note and not self._note, note
         if self._live:
-            self._progress.update(self._task, completed=stats.done, detail=stats.detail())
+            self._progress.update(self._task, completed=stats.done, detail=detail)
             self._progress.refresh()
-        elif time.monotonic() - self._last_plain >= PLAIN_INTERVAL_S:
+        elif noted or time.monotonic() - self._last_plain >= PLAIN_INTERVAL_S:
             self._last_plain = time.monotonic()
-            self._console.print(f"batchrun {stats.done:,}/{stats.total:,} · {stats.detail()}")
+            self._console.print(
+                f"batchrun {stats.done:,}/{stats.total:,} · {detail}", markup=False, highlight=False
+            )
 
 
-def render_summary(summary: dict[str, Any], console: Console) -> None:
-    """The short human summary printed at the end of `batchrun run`."""
+def error_digest(errors: Path) -> dict[str, Any]:
+    """The most common error messages in errors.jsonl, and how many failures
+    `--retry-failed` would re-send. Line numbers are dropped so one cause counts once."""
+    kinds: Counter[tuple[str, str]] = Counter()
+    retryable = 0
+    try:
+        with errors.open("rb") as stream:
+            for line in stream:
+                error = _error_of(line)
+                if not error:
+                    continue
+                retryable += error.get("retryable") is True
+                key = (str(error.get("type")), LINE_PREFIX.sub("", str(error.get("message"))))
+                if key in kinds or len(kinds) < MAX_ERROR_KINDS:
+                    kinds[key] += 1
+    except OSError:
+        pass  # no errors.jsonl, no digest: the summary still stands
+    top = [
+        {"type": kind, "message": message, "count": count}
+        for (kind, message), count in kinds.most_common(TOP_ERRORS)
+    ]
+    return {"top_errors": top, "retryable_failed": retryable}
+
+
+def _error_of(line: bytes) -> dict[str, Any]:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return {}
+    error = record.get("error") if isinstance(record, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def render_summary(summary: dict[str, Any], console: Console, command: str | None = None) -> None:
+    """The short human summary printed at the end of `batchrun run`; `command` is the
+    shortest command that resumes this OUTDIR, for the next-step hint."""
+    console.print(_table(summary))
+    for line in next_steps(summary, command):
+        console.print(line, highlight=False, markup=False)
+
+
+class _PlainTable(Table):
+    """Cells are text, never markup: error messages quote input lines and server bodies."""
+
+    def add_row(self, *cells: Any, **options: Any) -> None:
+        super().add_row(*(Text(cell) for cell in cells), **options)
+
+
+def _table(summary: dict[str, Any]) -> Table:
     counts, session = summary["counts"], summary["session"]
-    table = Table(show_header=False, box=None, pad_edge=False)
+    table = _PlainTable(show_header=False, box=None, pad_edge=False)
     table.add_row(
         "status", summary["status"] + (f" ({summary['reason']})" if summary["reason"] else "")
     )
@@ -109,6 +206,11 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
         table.add_row(
             "errors", ", ".join(f"{k} {v:,}" for k, v in counts["errors_by_type"].items())
         )
+    for rank, top in enumerate(summary.get("top_errors") or ()):
+        table.add_row(
+            "most common" if rank == 0 else "",
+            f"{top['count']:,} {_lines(top['count'])}: {top['message']} ({top['type']})",
+        )
     tokens = summary["tokens"]
     table.add_row(
         "tokens",
@@ -120,10 +222,34 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
     if summary["ttft_ms"]:
         ttft = summary["ttft_ms"]
         table.add_row("ttft", f"p50 {ttft['p50']} ms · p90 {ttft['p90']} ms · p99 {ttft['p99']} ms")
-    table.add_row(
-        "this run",
-        f"{session['completed']:,} lines in {session['wall_time_s']:.1f} s · "
-        f"{session['requests_per_s']:,.1f} req/s · {session['requests_sent']:,} requests sent · "
-        f"{session['retries']:,} retries · {session['resent_after_interrupt']:,} re-sent",
+    table.add_row("this run", _session_line(session))
+    return table
+
+
+def _session_line(session: dict[str, Any]) -> str:
+    sent, wall = session["requests_sent"], session["wall_time_s"]
+    rate = f" · {sent / wall:,.1f} req/s" if sent and wall > 0 else ""
+    return (
+        f"{session['completed']:,} lines in {wall:.1f} s{rate} · {sent:,} requests sent · "
+        f"{session['retries']:,} retries · {session['resent_after_interrupt']:,} re-sent"
     )
-    console.print(table)
+
+
+def next_steps(summary: dict[str, Any], command: str | None) -> list[str]:
+    """Where the failures are, and the command that helps next, if one does."""
+    lines = []
+    if summary["counts"]["failed"] and summary.get("outdir"):
+        lines.append(f"failed lines: {Path(summary['outdir']) / 'errors.jsonl'}")
+    if command is None:
+        return lines
+    if summary["status"] in ("aborted", "interrupted"):
+        lines.append(f"to resume: {command}")
+    elif retryable := summary.get("retryable_failed"):
+        lines.append(
+            f"{retryable:,} failed {_lines(retryable)} can be re-sent: {command} --retry-failed"
+        )
+    return lines
+
+
+def _lines(count: int) -> str:
+    return "line" if count == 1 else "lines"

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from .errors import InputError, InvalidInput
+from .errors import ConfigError, InputError, InvalidInput
 from .validate import validate_body
 
 __all__ = [
@@ -25,10 +25,12 @@ __all__ = [
     "LineParser",
     "RawLine",
     "Request",
+    "check_models",
     "detect_format",
     "iter_raw_lines",
     "iter_requests",
     "scan_input",
+    "unused_model_warning",
 ]
 
 READ_CHUNK = 1 << 20
@@ -77,6 +79,7 @@ class InputScan:
     sha256: str
     requests: int  # non-blank lines; each becomes exactly one result record
     format: InputFormat
+    missing_model: int = 0  # batch lines whose body names no model
 
 
 def iter_raw_lines(stream: BinaryIO, max_bytes: int) -> Iterator[RawLine]:
@@ -144,14 +147,15 @@ def scan_input(path: Path, max_line_bytes: int) -> InputScan:
     try:
         with path.open("rb") as raw:
             reader = _HashingReader(raw)
-            count, fmt = _scan_lines(iter_raw_lines(reader, max_line_bytes))  # type: ignore[arg-type]
+            count, fmt, no_model = _scan_lines(iter_raw_lines(reader, max_line_bytes))  # type: ignore[arg-type]
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return InputScan(sha256=reader.digest.hexdigest(), requests=count, format=fmt)
+    digest = reader.digest.hexdigest()
+    return InputScan(sha256=digest, requests=count, format=fmt, missing_model=no_model)
 
 
-def _scan_lines(lines: Iterator[RawLine]) -> tuple[int, InputFormat]:
-    count = 0
+def _scan_lines(lines: Iterator[RawLine]) -> tuple[int, InputFormat, int]:
+    count = no_model = 0
     fmt: InputFormat | None = None
     ids = _DuplicateIds()
     for line in lines:
@@ -165,8 +169,34 @@ def _scan_lines(lines: Iterator[RawLine]) -> tuple[int, InputFormat]:
             fmt = detect_format(obj)
         if fmt is not InputFormat.PLAIN:
             ids.add(obj.get("custom_id"), line.number)
+            body = obj.get("body")
+            no_model += isinstance(body, dict) and "model" not in body
     ids.raise_if_any()
-    return count, fmt or InputFormat.PLAIN
+    return count, fmt or InputFormat.PLAIN, no_model
+
+
+def check_models(scan: InputScan, model: str | None, override_model: str | None) -> str | None:
+    """Refuse a batch file whose lines lack a model when the run supplies none (each
+    would fail, and the fix, -m, would change the settings); return a warning when -m
+    can only be ignored. Plain files are not parsed by the scan, so they are not checked."""
+    if override_model is not None or scan.format is InputFormat.PLAIN:
+        return None
+    if scan.missing_model and model is None:
+        raise ConfigError(
+            f"{scan.missing_model:,} of {scan.requests:,} lines name no model in their body: "
+            "pass -m MODEL (used for the lines without one), or --override-model MODEL "
+            "(used for every line); nothing was sent"
+        )
+    if model is not None and not scan.missing_model and scan.requests:
+        return unused_model_warning(model)
+    return None
+
+
+def unused_model_warning(model: str) -> str:
+    return (
+        f"-m {model} is ignored: every line names its own model "
+        f"(--override-model {model} runs them all against it)"
+    )
 
 
 class _DuplicateIds:
@@ -214,10 +244,17 @@ class LineParser:
     """Turns raw lines into requests for one file format; collects validation warnings."""
 
     def __init__(
-        self, fmt: InputFormat, *, default_model: str | None = None, force_stream: bool = False
+        self,
+        fmt: InputFormat,
+        *,
+        default_model: str | None = None,
+        override_model: str | None = None,
+        force_stream: bool = False,
     ) -> None:
         self.format = fmt
         self.default_model = default_model
+        self.override_model = override_model
+        self.defaulted = 0  # lines that took default_model
         self.force_stream = force_stream
         self.warnings: dict[str, list[int]] = {}  # warning -> [count, first line]
 
@@ -258,8 +295,12 @@ class LineParser:
     def _complete(self, body: dict[str, Any]) -> bool:
         """Fill in what the run supplies (model, stream); True if the body changed."""
         changed = False
-        if "model" not in body and self.default_model is not None:
+        if self.override_model is not None:
+            body["model"] = self.override_model
+            changed = True
+        elif "model" not in body and self.default_model is not None:
             body["model"] = self.default_model
+            self.defaulted += 1
             changed = True
         elif "model" not in body:
             raise InvalidInput("is missing and no --model was given", field="model")

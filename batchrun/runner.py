@@ -7,6 +7,7 @@ failure streak cancels the workers; either way the writer drains what completed.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -20,14 +21,25 @@ import orjson
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from rich.console import Console
+from rich.text import Text
 
 from .client import ChatClient, Reply
 from .config import RunConfig
 from .errors import Aborted, AuthError, ConfigError, RequestFailed
 from .journal import Paths, ResumeState, open_outdir
 from .output import Completed, ResultWriter, SentLog, error_record, ok_record
-from .progress import LiveStats, ProgressDisplay
-from .reader import BadLine, InputScan, LineParser, Request, iter_requests, scan_input
+from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
+from .reader import (
+    BadLine,
+    InputFormat,
+    InputScan,
+    LineParser,
+    Request,
+    check_models,
+    iter_requests,
+    scan_input,
+    unused_model_warning,
+)
 from .retry import RetryPolicy
 from .summary import SessionInfo, build_summary, write_summary
 
@@ -55,9 +67,13 @@ async def run_batch(
 ) -> RunReport:
     """Run (or resume) the batch described by `config`; never raises for a bad line.
 
-    `api_key` overrides the environment variable named by `config.api_key_env`."""
-    key = api_key if api_key is not None else _read_key(config.api_key_env)
+    `api_key` overrides the environment variable named by `config.api_key_env`; with
+    `config.no_api_key` no key is read or sent."""
+    key = _key(config, api_key)
     scan = await anyio.to_thread.run_sync(scan_input, config.input_path, config.max_line_bytes)
+    warning = check_models(scan, config.model, config.override_model)
+    if warning and console is not None:
+        console.print(Text.assemble(("warning", "yellow"), f": {warning}"), highlight=False)
     try:
         lock, state = open_outdir(config, scan)
     except OSError as exc:
@@ -72,12 +88,19 @@ async def run_batch(
         lock.release()
 
 
+def _key(config: RunConfig, api_key: str | None) -> str | None:
+    if config.no_api_key:
+        return None
+    return api_key if api_key is not None else _read_key(config.api_key_env)
+
+
 def _read_key(env_name: str) -> str:
     key = os.environ.get(env_name, "").strip()
     if not key:
         raise ConfigError(
             f"the API key variable {env_name} is not set: export {env_name}=... "
-            "(or name another variable with --api-key-env, or try --mock)"
+            "(or name another variable with --api-key-env, --no-api-key for a server "
+            "without authentication, or try --mock)"
         )
     return key
 
@@ -95,7 +118,10 @@ class _Run:
         self.stats = LiveStats(total=total, done_before=state.done[:total].count(1))
         self.policy = RetryPolicy(config.retry)
         self.parser = LineParser(
-            scan.format, default_model=config.model, force_stream=config.stream
+            scan.format,
+            default_model=config.model,
+            override_model=config.override_model,
+            force_stream=config.stream,
         )
         self.interrupted = False
         self.abort_reason: str | None = None
@@ -103,13 +129,16 @@ class _Run:
         self._dispatch_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()
         self._started_at = datetime.now(UTC)
+        self._console: Console | None = None
 
     async def execute(self, console: Console | None, show_progress: bool) -> RunReport:
         writer = ResultWriter(self.paths, self.state)
         sent_log = SentLog(self.paths)
+        self._console = console or (stderr_console() if show_progress else None)
         try:
             if show_progress:
-                with ProgressDisplay(self.stats, console) as display:
+                self._announce()
+                with ProgressDisplay(self.stats, self._console) as display:
                     await self._run_tasks(writer, sent_log, display)
             else:
                 await self._run_tasks(writer, sent_log, None)
@@ -277,24 +306,63 @@ class _Run:
         try:
             async for _ in signals:
                 if self.interrupted:
+                    self._say(f"stopping now: {self.stats.in_flight} in flight, cancelled")
                     self._work_scope.cancel()
                     continue
                 self.interrupted = True
                 self._dispatch_scope.cancel()
+                self._say(self._interrupt_notice())
                 side.start_soon(self._expire_grace)
         finally:
             receiver.__exit__(None, None, None)
 
+    def _interrupt_notice(self) -> str:
+        in_flight = self.stats.in_flight
+        if not in_flight:
+            return "stopping: no request in flight"
+        requests = "request" if in_flight == 1 else "requests"
+        return (
+            f"finishing {in_flight} in-flight {requests} (up to {self.config.grace_period:g} s); "
+            "Ctrl-C again to stop now"
+        )
+
     async def _expire_grace(self) -> None:
         await anyio.sleep(self.config.grace_period)
+        if self.stats.in_flight:
+            self._say(f"grace period over: {self.stats.in_flight} in flight, cancelled")
         self._work_scope.cancel()
 
     async def _tick(self, display: ProgressDisplay) -> None:
         while True:
-            display.tick()
+            paused = math.ceil(self.policy.pause.remaining())
+            display.tick(f"paused {paused} s: HTTP 429 (shared Retry-After)" if paused else "")
             await anyio.sleep(TICK_S)
 
+    def _announce(self) -> None:
+        """Say where a rerun starts, before the bar takes over."""
+        done, total = self.stats.done_before, self.stats.total
+        if done >= total and self.state.resumed:
+            self._say(
+                f"nothing to do: all {total:,} lines already have a record in "
+                f"{self.paths.outdir} (--fresh starts over)"
+            )
+        elif self.state.resumed:
+            self._say(f"resuming: {done:,} of {total:,} done")
+
+    def _warn_unused_model(self) -> None:
+        """The scan does not parse plain lines, so an -m that no line needed is only
+        known once lines were sent (batch files are checked before sending)."""
+        model, parser = self.config.model, self.parser
+        unknown = parser.defaulted or self.config.override_model or not self.stats.sent
+        if model and parser.format is InputFormat.PLAIN and not unknown:
+            self._say(Text.assemble(("warning", "yellow"), ": " + unused_model_warning(model)))
+
+    def _say(self, text: str | Text) -> None:
+        if self._console is not None:
+            self._console.print(text, highlight=False, markup=False)
+
     def _finish(self) -> RunReport:
+        self._warn_unused_model()
         status, code, reason = self._outcome()
         session = SessionInfo(
             status=status,
@@ -336,6 +404,8 @@ class _Run:
             "repairs": self.state.repairs,
             "retry_budget_denied": self.policy.budget.denied,
             "rate_limit_pauses": self.policy.pause.pauses,
+            "concurrency": self.config.concurrency,
+            **error_digest(self.paths.errors),
         }
 
 
