@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
+import orjson
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 from tenacity import AsyncRetrying, Future, RetryCallState
 
+from batchrun import RunConfig, run_batch
+from batchrun.cli import main
 from batchrun.config import RetryConfig
 from batchrun.errors import ClientError, RateLimited, RetryableStatus, Timeout
+from batchrun.mockserver import MockServer
 from batchrun.retry import RetryBudget, RetryPolicy, SharedPause
+
+DEMO = Path(__file__).resolve().parent.parent / "jobs" / "demo.jsonl"
 
 
 class FakeClock:
@@ -291,3 +299,57 @@ async def test_concurrent_lines_never_overspend_the_budget() -> None:
                 group.start_soon(line)
     assert sent - 200 <= config.budget_reserve + config.budget_ratio * 200
     assert policy.budget.denied > 0
+
+
+@pytest.mark.anyio
+async def test_a_run_at_30_percent_faults_loses_about_f_to_the_k_of_lines(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    """End to end: before every line earned credit, about 17 % of lines were lost here."""
+    server = mock_server(fail_rate=0.3, retry_after_s=0.01, seed=3)
+    lines = 1000
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b"".join(
+            orjson.dumps({"model": "m", "messages": [{"role": "user", "content": f"{i}"}]}) + b"\n"
+            for i in range(lines)
+        )
+    )
+    config = RunConfig(
+        input_path=path,
+        outdir=tmp_path / "out",
+        base_url=server.url,
+        retry=RetryConfig(max_attempts=5, backoff_base=0.01, backoff_cap=0.05),
+    )
+    with anyio.fail_after(90):
+        report = await run_batch(config, api_key="sk-test")
+    assert report.summary["counts"]["failed"] <= lines // 100  # expected 0.3**5: 0.24 %
+    assert server.requests_received <= 1.6 * lines  # expected 1.43 per line
+
+
+def run_demo(input_path: Path, outdir: Path) -> dict[str, int]:
+    """The README's first command (`batchrun run jobs/demo.jsonl --mock`), mock defaults
+    and all (3 % transient faults), writing to `outdir`; its summary's counts."""
+    result = CliRunner(env={"MISTRAL_API_KEY": None}).invoke(
+        main, ["run", str(input_path), "--mock", "-o", str(outdir), "--quiet", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    counts: dict[str, int] = orjson.loads(result.stdout)["counts"]
+    return counts
+
+
+def test_the_readme_demo_ends_with_every_line_ok(tmp_path: Path) -> None:
+    counts = run_demo(DEMO, tmp_path / "out")
+    assert (counts["ok"], counts["failed"]) == (len(DEMO.read_bytes().splitlines()), 0)
+
+
+@pytest.mark.slow
+def test_the_demo_at_5000_lines_ends_with_every_line_ok(tmp_path: Path) -> None:
+    shapes = [orjson.loads(line) for line in DEMO.read_bytes().splitlines()]
+    with (tmp_path / "demo5000.jsonl").open("wb") as out:
+        for i in range(5000):
+            *context, last = shapes[i % len(shapes)]["messages"]
+            question = {**last, "content": f"{last['content']} (copy {i})"}
+            out.write(orjson.dumps({**shapes[0], "messages": [*context, question]}) + b"\n")
+    counts = run_demo(tmp_path / "demo5000.jsonl", tmp_path / "out")
+    assert (counts["ok"], counts["failed"]) == (5000, 0)
