@@ -118,16 +118,11 @@ class RetryPolicy:
             sleep=sleep,
         )
 
-    def retrying(self) -> AsyncRetrying:
-        """A fresh retry loop for one line (`async for attempt in policy.retrying()`);
-        the line earns its retry credit here."""
-        self.budget.deposit()
-        return self._template.copy()
-
     async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run `attempt` under the policy: the same as `retrying()`, but the first
-        attempt runs outside tenacity's bookkeeping, which costs more CPU than a whole
-        request; most lines never need a second one."""
+        """Run one line's `attempt` under the policy; the line earns its retry credit
+        here, whether or not it needs it. The first attempt runs outside tenacity's
+        bookkeeping, which costs more CPU than a whole request; most lines never need
+        a second one."""
         self.budget.deposit()
         await self.pause.wait()
         try:

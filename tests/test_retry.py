@@ -64,8 +64,9 @@ async def attempts_until_done(policy: RetryPolicy, failures: list[Exception]) ->
     return calls[0]
 
 
-def _state(loop: AsyncRetrying, attempt: int, error: Exception) -> RetryCallState:
-    state = RetryCallState(loop, fn=None, args=(), kwargs={})
+def _state(attempt: int, error: Exception) -> RetryCallState:
+    """What tenacity hands its rules after attempt number `attempt` raised `error`."""
+    state = RetryCallState(AsyncRetrying(), fn=None, args=(), kwargs={})
     state.attempt_number = attempt
     future = Future(attempt)
     future.set_exception(error)
@@ -102,26 +103,10 @@ async def test_attempts_are_capped_and_the_last_error_is_raised() -> None:
     assert policy.budget.denied == 0  # attempts ran out; the budget denied nothing
 
 
-@pytest.mark.anyio
-async def test_the_retrying_loop_applies_the_same_policy() -> None:
-    clock = FakeClock()
-    policy = RetryPolicy(RetryConfig(max_attempts=5), sleep=clock.sleep)
-    attempts = 0
-    with anyio.fail_after(5):
-        async for attempt in policy.retrying():
-            with attempt:
-                attempts += 1
-                if attempts < 3:
-                    raise RetryableStatus(503, b"")
-    assert attempts == 3
-    assert len(clock.slept) == 2
-
-
 def test_backoff_is_full_jitter_and_capped() -> None:
     policy = RetryPolicy(RetryConfig(backoff_base=0.5, backoff_cap=4.0))
-    loop = policy.retrying()
     for attempt in range(1, 12):
-        state = _state(loop, attempt, RetryableStatus(500, b""))
+        state = _state(attempt, RetryableStatus(500, b""))
         waits = [policy.wait_seconds(state) for _ in range(200)]
         ceiling = min(4.0, 0.5 * 2 ** (attempt - 1))
         assert all(0 <= w <= ceiling for w in waits)
@@ -131,7 +116,7 @@ def test_backoff_is_full_jitter_and_capped() -> None:
 def test_stop_and_wait_rules_only_read_state() -> None:
     budget = RetryBudget(ratio=0.5, reserve=2)
     policy = fake_policy(RetryConfig(max_attempts=5), budget)
-    state = _state(policy.retrying(), 1, RateLimited(b"", retry_after=3.0))
+    state = _state(1, RateLimited(b"", retry_after=3.0))
     for _ in range(20):
         assert not policy.stop(state)  # asking again and again spends nothing
         assert policy.wait_seconds(state) == 0.0
@@ -141,9 +126,9 @@ def test_stop_and_wait_rules_only_read_state() -> None:
 
 def test_retry_after_becomes_one_shared_pause_capped() -> None:
     policy = fake_policy(RetryConfig(retry_after_cap=10.0))
-    policy.before_sleep(_state(policy.retrying(), 1, RateLimited(b"", retry_after=3.0)))
+    policy.before_sleep(_state(1, RateLimited(b"", retry_after=3.0)))
     assert policy.pause.remaining() == pytest.approx(3.0)
-    policy.before_sleep(_state(policy.retrying(), 1, RateLimited(b"", retry_after=3600.0)))
+    policy.before_sleep(_state(1, RateLimited(b"", retry_after=3600.0)))
     assert policy.pause.remaining() == pytest.approx(10.0)
 
 
@@ -172,7 +157,7 @@ async def test_shared_pause_holds_every_waiter() -> None:
 
 def test_429_without_retry_after_uses_backoff() -> None:
     policy = fake_policy(RetryConfig(backoff_base=1.0, backoff_cap=8.0))
-    state = _state(policy.retrying(), 2, RateLimited(b"", retry_after=None))
+    state = _state(2, RateLimited(b"", retry_after=None))
     assert 0 <= policy.wait_seconds(state) <= 2.0
     policy.before_sleep(state)
     assert policy.pause.remaining() == 0
