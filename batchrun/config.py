@@ -49,6 +49,7 @@ class RetryConfig:
     budget_ratio: float = 0.5
     budget_reserve: int = 50
     auth_failure_limit: int = 3  # consecutive 401/403 before the run stops
+    connect_failure_limit: int = 10  # consecutive lines that could not connect, likewise
 
 
 @dataclass(frozen=True)

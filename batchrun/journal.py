@@ -203,12 +203,18 @@ def _scan_state(paths: Paths, requests: int, *, retry_failed: bool) -> ResumeSta
 
 
 def _needs_redo(record: dict[str, Any], retry_failed: bool) -> bool:
-    """Auth failures are always re-sent (the run stopped because of them); other
-    retryable failures only when asked with --retry-failed."""
+    """Lines whose failure says nothing about the line itself are always re-sent: auth
+    failures and connection failures (refused, reset, dropped: `error.type` "connection",
+    not "timeout") are what stop a run early (stops.py), and the next run is the resume
+    the stop message promises. Every connection failure counts, not only those of an
+    aborted run: a record cannot tell whether it was part of the streak (the breaker
+    fires after the streak is written), and such a line has no result either way, so
+    sending it again is what the user would ask for. Other retryable failures only
+    with --retry-failed."""
     error = record.get("error")
     if record.get("status") != "error" or not isinstance(error, dict):
         return False
-    if error.get("status_code") in AUTH_STATUSES:
+    if error.get("status_code") in AUTH_STATUSES or error.get("type") == "connection":
         return True
     return retry_failed and error.get("retryable") is True
 

@@ -4,13 +4,18 @@ the 429 pause and the retry budget.
 Retry `TransientError` (the error tree decides what is transient), up to max_attempts,
 with capped full-jitter backoff; a 429's Retry-After becomes one pause every worker
 honours instead of each sleeping on its own.
+
+The stop and wait rules only read state. What changes shared state (spending budget,
+setting the pause) runs in the before-sleep hook: tenacity runs retry -> wait -> stop ->
+before_sleep without yielding to the event loop, so "has credit" checked by the stop rule
+still holds when the hook spends it, whatever the other workers do.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import anyio
 from tenacity import (
@@ -56,8 +61,9 @@ class SharedPause:
 
 
 class RetryBudget:
-    """Caps retries at `ratio` per first attempt (plus a reserve), so a failing server
-    sees retry traffic bounded instead of multiplied by max_attempts."""
+    """Caps retries at `ratio` per line sent (plus a reserve), so a failing server sees
+    retry traffic bounded instead of multiplied by max_attempts: over any run,
+    retries <= reserve + ratio * lines."""
 
     def __init__(self, ratio: float, reserve: int) -> None:
         self._ratio = ratio
@@ -68,12 +74,11 @@ class RetryBudget:
     def deposit(self) -> None:
         self._tokens = min(self._cap, self._tokens + self._ratio)
 
-    def try_spend(self) -> bool:
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        self.denied += 1
-        return False
+    def has_credit(self) -> bool:
+        return self._tokens >= 1
+
+    def spend(self) -> None:
+        self._tokens -= 1
 
 
 class _stop_when_budget_empty(stop_base):
@@ -81,7 +86,7 @@ class _stop_when_budget_empty(stop_base):
         self._budget = budget
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return not self._budget.try_spend()
+        return not self._budget.has_credit()
 
 
 class RetryPolicy:
@@ -101,31 +106,30 @@ class RetryPolicy:
         self._backoff = wait_random_exponential(
             multiplier=config.backoff_base, max=config.backoff_cap
         )
-        # stop_after_attempt comes first: `|` short-circuits, so the last attempt never
-        # spends budget it would not use.
+        # stop_after_attempt comes first: `|` short-circuits, so giving up on the last
+        # attempt is not counted as a budget denial.
+        self.stop = stop_after_attempt(config.max_attempts) | _stop_when_budget_empty(self.budget)
         self._template = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(config.max_attempts) | _stop_when_budget_empty(self.budget),
+            stop=self.stop,
             wait=self.wait_seconds,
+            before_sleep=self.before_sleep,
+            retry_error_callback=self._give_up,
             sleep=sleep,
-            reraise=True,
         )
 
-    def retrying(self) -> AsyncRetrying:
-        """A fresh retry loop for one line (`async for attempt in policy.retrying()`)."""
-        self.budget.deposit()
-        return self._template.copy()
-
     async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run `attempt` under the policy: the same as `retrying()`, but the first
-        attempt runs outside tenacity's bookkeeping, which costs more CPU than a whole
-        request; most lines never need a second one."""
+        """Run one line's `attempt` under the policy; the line earns its retry credit
+        here, whether or not it needs it. The first attempt runs outside tenacity's
+        bookkeeping, which costs more CPU than a whole request; most lines never need
+        a second one."""
+        self.budget.deposit()
         await self.pause.wait()
         try:
             return await attempt()
         except TransientError as exc:
             first: TransientError | None = exc
-        async for state in self.retrying():
+        async for state in self._template.copy():
             with state:
                 if first is not None:
                     # Replay the first failure so tenacity counts it and waits as usual.
@@ -136,11 +140,29 @@ class RetryPolicy:
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     def wait_seconds(self, retry_state: RetryCallState) -> float:
-        """Backoff before the next attempt. A Retry-After is applied as the shared pause
-        (every attempt waits it out first), so this worker adds no sleep of its own."""
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        if isinstance(error, RateLimited) and error.retry_after is not None:
-            self.pause.pause_for(min(error.retry_after, self.config.retry_after_cap))
+        """Backoff before the next attempt; none after a 429 with Retry-After, whose
+        wait is the shared pause `before_sleep` sets (every attempt waits it out)."""
+        if _retry_after(retry_state) is not None:
             return 0.0
         return float(self._backoff(retry_state))
+
+    def before_sleep(self, retry_state: RetryCallState) -> None:
+        """The retry is decided: pay for it, and turn a Retry-After into the pause."""
+        self.budget.spend()
+        retry_after = _retry_after(retry_state)
+        if retry_after is not None:
+            self.pause.pause_for(min(retry_after, self.config.retry_after_cap))
+
+    def _give_up(self, retry_state: RetryCallState) -> NoReturn:
+        """Re-raise the last failure; count it as denied if attempts were left."""
+        if retry_state.attempt_number < self.config.max_attempts:
+            self.budget.denied += 1
+        assert retry_state.outcome is not None
+        retry_state.outcome.result()
+        raise AssertionError("unreachable: the outcome of a retried attempt is a failure")
+
+
+def _retry_after(retry_state: RetryCallState) -> float | None:
+    outcome = retry_state.outcome
+    error = outcome.exception() if outcome is not None else None
+    return error.retry_after if isinstance(error, RateLimited) else None

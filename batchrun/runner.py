@@ -25,7 +25,7 @@ from rich.text import Text
 
 from .client import ChatClient, Reply
 from .config import RunConfig
-from .errors import Aborted, AuthError, ConfigError, RequestFailed
+from .errors import Aborted, ConfigError, RequestFailed
 from .journal import Paths, ResumeState, open_outdir
 from .output import Completed, ResultWriter, SentLog, error_record, ok_record
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
@@ -41,6 +41,7 @@ from .reader import (
     unused_model_warning,
 )
 from .retry import RetryPolicy
+from .stops import StopRules
 from .summary import SessionInfo, build_summary, write_summary
 
 __all__ = ["RunReport", "run_batch"]
@@ -125,7 +126,7 @@ class _Run:
         )
         self.interrupted = False
         self.abort_reason: str | None = None
-        self._auth_streak = 0
+        self.stops = StopRules(config)
         self._dispatch_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()
         self._started_at = datetime.now(UTC)
@@ -245,7 +246,7 @@ class _Run:
     def _succeeded(
         self, request: Request, reply: Reply, attempts: int, started: float
     ) -> Completed:
-        self._auth_streak = 0
+        self.stops.succeeded()
         self.stats.ok += 1
         usage = reply.response.get("usage")
         if isinstance(usage, dict):
@@ -261,13 +262,9 @@ class _Run:
         self, request: Request, error: RequestFailed, attempts: int, started: float
     ) -> Completed:
         self.stats.failed += 1
-        if isinstance(error, AuthError):
-            self._auth_streak += 1
-            if self._auth_streak >= self.config.retry.auth_failure_limit:
-                self._abort(
-                    f"{self._auth_streak} consecutive HTTP {error.status_code} replies: check the "
-                    f"key in ${self.config.api_key_env}; rerun the same command to resume"
-                )
+        reason = self.stops.failed(error)
+        if reason is not None:
+            self._abort(reason)
         latency = (time.perf_counter() - started) * 1000 if started else None
         return error_record(request, error, attempts=attempts, latency_ms=latency)
 
@@ -389,7 +386,10 @@ class _Run:
             return "aborted", EXIT_ABORTED, self.abort_reason
         if self.interrupted:
             return "interrupted", EXIT_INTERRUPTED, "interrupted by signal; rerun to resume"
-        if self.stats.done < self.scan.requests:
+        # Done counts the whole input, not the --limit window: a limited rerun of a
+        # finished run is complete.
+        stats = self.stats
+        if self.state.done_count + stats.ok + stats.failed < self.scan.requests:
             limited = self.config.limit is not None
             return "partial", EXIT_OK, f"--limit {self.config.limit}" if limited else None
         return "complete", EXIT_OK, None

@@ -11,9 +11,10 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -153,3 +154,16 @@ def batchrun_args(input_path: Path, outdir: Path, url: str, *flags: str) -> list
 
 def per_request_ms(measured: Measured, requests: int) -> float:
     return measured.cpu_s * 1000 / requests
+
+
+def write_jsonl(path: Path, lines: Iterable[object]) -> Path:
+    """One JSON value per line (inputs whose lines differ in more than their text)."""
+    with path.open("wb") as out:
+        for line in lines:
+            out.write(orjson.dumps(line) + b"\n")
+    return path
+
+
+def read_summary(outdir: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = orjson.loads((outdir / "summary.json").read_bytes())
+    return summary
