@@ -24,6 +24,7 @@ from .config import default_outdir as _default_outdir
 from .errors import BatchrunError
 from .mockserver import FAULT_KINDS, MockConfig, MockServer, serve
 from .progress import render_summary
+from .reader import STDIN
 from .runner import EXIT_INTERRUPTED, RunReport, run_batch
 
 __all__ = ["main"]
@@ -152,6 +153,13 @@ def run(
       batchrun run labels.jsonl -o out/ --retry-failed     # resume, re-send failures
     """
     err = Console(stderr=True)
+    if input_path == STDIN and outdir is None:
+        err.print(
+            "[red]error[/]: INPUT - reads standard input, which has no name to derive "
+            "OUTDIR from: give one with -o (the input is kept there, so the run can resume)",
+            highlight=False,
+        )
+        sys.exit(1)
     with _mock_server(mock, mock_latency_ms, mock_fail_rate) as mock_url:
         api_key = (os.environ.get(api_key_env) or MOCK_KEY) if mock_url else None
         report = _run_or_exit(

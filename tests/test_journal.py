@@ -38,7 +38,7 @@ def write(outdir: Path, state: ResumeState, batches: list[list[int]], failed: se
         items = [record(i, i in failed) for i in batch]
         writer.append(items)
         writer.sync()
-        writer.emit(items)
+        writer.emit()
     writer.close()
 
 
