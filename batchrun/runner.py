@@ -165,9 +165,10 @@ def _checked_key(api_key: str | None, env_name: str) -> str:
     key = api_key if api_key is not None else _read_key(env_name)
     if not (key.isascii() and key.isprintable()):
         # Never echo it: the message itself would leak the key.
+        source = "the API key given" if api_key is not None else f"${env_name}"
         raise ConfigError(
-            f"the API key (from ${env_name} or the caller) holds a control or non-ASCII "
-            "character, e.g. a pasted newline; an HTTP header cannot carry it. Set it again."
+            f"{source} holds a control or non-ASCII character (a pasted newline?), which "
+            "no HTTP header can carry; set the key again"
         )
     return key
 
