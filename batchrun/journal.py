@@ -384,14 +384,18 @@ def _rebuild_errors(paths: Paths) -> None:
     """errors.jsonl is the failed subset of results.jsonl; rewrite it to match exactly.
 
     The byte test only skips lines that cannot be failures; the status decides."""
-    tmp = paths.errors.with_suffix(".tmp")
+    tmp = paths.errors.with_name(paths.errors.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with open(fd, "wb") as out:
-        if paths.results.exists():
-            with paths.results.open("rb") as results:
-                for line in results:
-                    if b'"status":"error"' in line and _line_failed(line):
-                        out.write(line)
+    try:
+        with open(fd, "wb") as out:
+            if paths.results.exists():
+                with paths.results.open("rb") as results:
+                    for line in results:
+                        if b'"status":"error"' in line and _line_failed(line):
+                            out.write(line)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(paths.errors)
 
 
