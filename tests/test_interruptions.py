@@ -373,8 +373,10 @@ def test_stdin_without_an_outdir_is_a_usage_error(tmp_path: Path) -> None:
 def test_ctrl_c_while_waiting_on_a_fifo_stops_at_once(tmp_path: Path) -> None:
     fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
-    proc = batchrun("run", str(fifo), "-o", str(tmp_path / "out"), "--mock", "-q")
-    time.sleep(1.5)  # started, and blocked on a FIFO nobody writes to
+    out = tmp_path / "out"
+    proc = batchrun("run", str(fifo), "-o", str(out), "--mock", "-q")
+    wait_for(Paths(out).lock.exists)  # OUTDIR taken, now copying the FIFO
+    time.sleep(0.5)  # blocked on a FIFO nobody writes to
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     code, stderr = finish(proc, timeout=15)
