@@ -225,7 +225,8 @@ class _Run:
             else:
                 await self._run_tasks(writer, sent_log, None)
         except* OSError as group:
-            raise write_failed(self.paths.outdir, group.exceptions[0]) from group  # type: ignore[arg-type]
+            # Writes to OUTDIR are caught where they happen; this is any other I/O failure.
+            raise Aborted(f"fatal I/O error: {group.exceptions[0]}; rerun to resume") from group
         finally:
             writer.close()
             sent_log.close()
