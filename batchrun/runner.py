@@ -111,7 +111,8 @@ async def _open_spooled(
     with _outdir_errors(config.outdir):
         lock = lock_outdir(config.outdir)
     try:
-        part = await _in_daemon_thread(lambda: spool_input(config.input_path, config.outdir))
+        with _outdir_errors(config.outdir):
+            part = await _in_daemon_thread(lambda: spool_input(config.input_path, config.outdir))
         try:
             scan = await anyio.to_thread.run_sync(scan_input, part, config.max_line_bytes)
             config = replace(config, input_path=Paths(config.outdir).spooled_input)
