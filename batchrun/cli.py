@@ -28,6 +28,7 @@ from .config import default_outdir as _default_outdir
 from .errors import BatchrunError
 from .mockserver import FAULT_KINDS, MockConfig, MockServer, serve
 from .progress import render_summary, stderr_console
+from .reader import STDIN
 from .runner import EXIT_INTERRUPTED, RunReport, run_batch
 
 __all__ = ["main"]
@@ -225,6 +226,14 @@ def run(
       batchrun run labels.jsonl -o out/ --retry-failed     # resume, re-send failures
     """
     err = stderr_console()
+    if input_path == STDIN and outdir is None:
+        err.print(
+            "error: INPUT - reads standard input, which has no name to derive "
+            "OUTDIR from: give one with -o (the input is kept there, so the run can resume)",
+            highlight=False,
+            markup=False,
+        )
+        sys.exit(1)
     with _mock_server(mock, mock_latency_ms, mock_fail_rate, no_api_key) as mock_url:
         api_key = (os.environ.get(api_key_env) or MOCK_KEY) if mock_url else None
         report = _run_or_exit(
@@ -337,6 +346,7 @@ FAULT_HELP = {
     "cut": "stream: stop halfway, no [DONE], connection closed (not streamed: drop)",
     "stall": "stream: go silent halfway, connection kept open (not streamed: hang)",
     "malformed": "stream: a non-JSON event halfway, then [DONE] (not streamed: invalid_json)",
+    "echo_headers": "400 whose JSON body echoes the request's headers, key included",
 }
 
 

@@ -20,10 +20,19 @@ import orjson
 
 from ._version import __version__
 from .config import RunConfig
-from .errors import AUTH_STATUSES, ResumeRefused
+from .errors import AUTH_STATUSES, ConfigError, ResumeRefused
 from .reader import InputScan
 
-__all__ = ["OutdirLock", "Paths", "ResumeState", "open_outdir", "write_atomic"]
+__all__ = [
+    "OutdirLock",
+    "Paths",
+    "ResumeState",
+    "check_input_outside_outputs",
+    "load_state",
+    "lock_outdir",
+    "open_outdir",
+    "write_atomic",
+]
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -64,8 +73,23 @@ class Paths:
     def lock(self) -> Path:
         return self.outdir / ".lock"
 
+    @property
+    def starting_over(self) -> Path:
+        """Present from the first deletion of a --fresh until the new manifest is in
+        place: a run that finds it finishes the interrupted start-over first."""
+        return self.outdir / ".starting-over"
+
+    @property
+    def spooled_input(self) -> Path:
+        """Where standard input or a pipe is copied, so a run can resume from it."""
+        return self.outdir / "input.jsonl"
+
     def state_files(self) -> tuple[Path, ...]:
         return (self.manifest, self.journal, self.results, self.errors, self.summary, self.sent)
+
+    def outputs(self) -> tuple[Path, ...]:
+        """Files a run writes into; an input must never be one of them."""
+        return (*self.state_files(), self.lock, self.starting_over)
 
 
 @dataclass
@@ -74,7 +98,9 @@ class ResumeState:
 
     requests: int
     next_index: int = 0  # results.jsonl holds exactly the records [0, next_index)
-    pending: dict[int, tuple[int, int]] = field(default_factory=dict)  # done, >= next_index
+    # Done records at or after next_index: journal offset, length, and whether it failed
+    # (kept so errors.jsonl is chosen by status, never by sniffing the bytes).
+    pending: dict[int, tuple[int, int, bool]] = field(default_factory=dict)
     redo: set[int] = field(default_factory=set)  # journaled but to be sent again
     done: bytearray = field(default_factory=bytearray)  # 1 per index that needs no request
     journal_size: int = 0
@@ -108,34 +134,85 @@ class OutdirLock:
             os.close(self._fd)
 
 
+def lock_outdir(outdir: Path) -> OutdirLock:
+    """Create OUTDIR if needed and take its lock."""
+    outdir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    return OutdirLock(Paths(outdir).lock)
+
+
 def open_outdir(config: RunConfig, scan: InputScan) -> tuple[OutdirLock, ResumeState]:
     """Lock OUTDIR, check it belongs to this input and settings, and scan what is done."""
-    paths = Paths(config.outdir)
-    config.outdir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    lock = OutdirLock(paths.lock)
+    lock = lock_outdir(config.outdir)
     try:
-        if config.fresh:
-            for path in paths.state_files():
-                path.unlink(missing_ok=True)
-        state = _load_or_create(paths, config, scan)
+        state = load_state(config, scan)
     except BaseException:
         lock.release()
         raise
     return lock, state
 
 
-def _load_or_create(paths: Paths, config: RunConfig, scan: InputScan) -> ResumeState:
-    manifest = _manifest(config, scan)
+def load_state(config: RunConfig, scan: InputScan) -> ResumeState:
+    """With OUTDIR locked: start over if asked (or if a start-over was interrupted),
+    else resume what the manifest accounts for."""
+    paths = Paths(config.outdir)
+    if config.fresh or paths.starting_over.exists():
+        return _start_over(paths, config, scan)
     if not paths.manifest.exists():
-        if paths.journal.exists() and paths.journal.stat().st_size:
-            raise ResumeRefused(
-                f"{paths.journal} exists without manifest.json; refusing to guess what it "
-                "belongs to. Use --fresh to start over."
-            )
-        write_atomic(paths.manifest, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        return ResumeState(requests=scan.requests, done=bytearray(scan.requests))
-    _check_manifest(paths.manifest, manifest)
+        _refuse_orphans(paths)
+        return _create(paths, config, scan)
+    _check_manifest(paths.manifest, _manifest(config, scan))
     return _scan_state(paths, scan.requests, retry_failed=config.retry_failed)
+
+
+def _start_over(paths: Paths, config: RunConfig, scan: InputScan) -> ResumeState:
+    """Delete the old state as one step: the marker, durable before the first deletion
+    and removed only once the new manifest is in place, makes a start-over killed
+    half-way finish on the next run instead of leaving output no manifest accounts for."""
+    write_atomic(paths.starting_over, b"")
+    _sync_dir(paths.outdir)
+    for path in paths.state_files():
+        path.unlink(missing_ok=True)
+    state = _create(paths, config, scan)
+    paths.starting_over.unlink()
+    _sync_dir(paths.outdir)
+    return state
+
+
+def _refuse_orphans(paths: Paths) -> None:
+    """Without a manifest nothing says what these files belong to; appending to them
+    would mix two runs, and deleting them could destroy the user's only copy."""
+    found = [p.name for p in paths.state_files() if p.exists()]
+    if found:
+        raise ResumeRefused(
+            f"{paths.outdir} holds {', '.join(found)} without manifest.json, so they belong "
+            "to no run batchrun can resume; refusing to append to them. Use --fresh to "
+            "discard them, or another -o."
+        )
+
+
+def _create(paths: Paths, config: RunConfig, scan: InputScan) -> ResumeState:
+    manifest = _manifest(config, scan)
+    write_atomic(paths.manifest, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    return ResumeState(requests=scan.requests, done=bytearray(scan.requests))
+
+
+def check_input_outside_outputs(input_path: Path, outdir: Path) -> None:
+    """Refuse an input that is one of the files a run writes: it would grow under
+    the run's own appends (or be deleted by --fresh)."""
+    target = input_path.resolve()
+    for output in Paths(outdir).outputs():
+        if output.resolve() == target or _same_file(output, input_path):
+            raise ConfigError(
+                f"the input {input_path} is {output.name} of OUTDIR {outdir}, a file batchrun "
+                "writes; copy it elsewhere first, or choose another -o"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _manifest(config: RunConfig, scan: InputScan) -> dict[str, Any]:
@@ -186,7 +263,7 @@ def _scan_state(paths: Paths, requests: int, *, retry_failed: bool) -> ResumeSta
         else:
             state.redo.discard(index)
             if index >= results_lines:
-                state.pending[index] = (offset, length)
+                state.pending[index] = (offset, length, _failed(record))
     for index in state.redo:
         state.done[index] = 0
     state.next_index = _first_gap(state.done, results_lines)
@@ -194,12 +271,16 @@ def _scan_state(paths: Paths, requests: int, *, retry_failed: bool) -> ResumeSta
         # A redone line (or results ahead of the journal) cuts the written prefix
         # short: re-read the offsets of the done records after the cut.
         _truncate_lines(paths.results, state.next_index)
-        for index, offset, length, _ in _journal_records(paths.journal, requests):
+        for index, offset, length, record in _journal_records(paths.journal, requests):
             if state.next_index <= index < results_lines and state.done[index]:
-                state.pending[index] = (offset, length)
+                state.pending[index] = (offset, length, _failed(record))
     _rebuild_errors(paths)
     state.resent = _count_resent(paths.sent, state)
     return state
+
+
+def _failed(record: dict[str, Any]) -> bool:
+    return record.get("status") == "error"
 
 
 def _needs_redo(record: dict[str, Any], retry_failed: bool) -> bool:
@@ -229,9 +310,10 @@ def _journal_records(path: Path, requests: int) -> Iterator[tuple[int, int, int,
     if not path.exists():
         return
     offset = 0
+    size = path.stat().st_size
     with path.open("rb") as stream:
         for number, line in enumerate(stream, start=1):
-            record = _parse_record(line, number, path)
+            record = _parse_record(line, number, path, last=offset + len(line) == size)
             index = record.get("index")
             if not isinstance(index, int) or not 0 <= index < requests:
                 raise ResumeRefused(
@@ -242,16 +324,21 @@ def _journal_records(path: Path, requests: int) -> Iterator[tuple[int, int, int,
             offset += len(line)
 
 
-def _parse_record(line: bytes, number: int, path: Path) -> dict[str, Any]:
+def _parse_record(line: bytes, number: int, path: Path, *, last: bool) -> dict[str, Any]:
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
         record = None
     if not isinstance(record, dict):
+        # A torn write never ends in a newline (the tail repair already cut those).
+        why = (
+            "is the last line but ends in a newline, so it is not a torn write"
+            if last
+            else "is not the last line, so it is not a torn write"
+        )
         raise ResumeRefused(
-            f"{path} line {number} is corrupt (not a JSON record) and is not the last line, "
-            "so it is not a torn write; refusing to resume over lost data. Inspect the file, "
-            "or use --fresh to start over."
+            f"{path} line {number} is corrupt (not a JSON record) and {why}; refusing to "
+            "resume over lost data. Inspect the file, or use --fresh to start over."
         )
     return record
 
@@ -300,16 +387,30 @@ def _truncate_lines(path: Path, keep: int) -> None:
 
 
 def _rebuild_errors(paths: Paths) -> None:
-    """errors.jsonl is the failed subset of results.jsonl; rewrite it to match exactly."""
-    tmp = paths.errors.with_suffix(".tmp")
+    """errors.jsonl is the failed subset of results.jsonl; rewrite it to match exactly.
+
+    The byte test only skips lines that cannot be failures; the status decides."""
+    tmp = paths.errors.with_name(paths.errors.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with open(fd, "wb") as out:
-        if paths.results.exists():
-            with paths.results.open("rb") as results:
-                for line in results:
-                    if b'"status":"error"' in line:
-                        out.write(line)
+    try:
+        with open(fd, "wb") as out:
+            if paths.results.exists():
+                with paths.results.open("rb") as results:
+                    for line in results:
+                        if b'"status":"error"' in line and _line_failed(line):
+                            out.write(line)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(paths.errors)
+
+
+def _line_failed(line: bytes) -> bool:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and _failed(record)
 
 
 def _count_resent(path: Path, state: ResumeState) -> int:
@@ -323,11 +424,31 @@ def _count_resent(path: Path, state: ResumeState) -> int:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
+    """Replace `path` with `data` whole or not at all (a failed write leaves no temp file)."""
+    tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
-        os.write(fd, data)
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    tmp.replace(path)
+
+
+def write_all(fd: int, data: bytes | bytearray) -> None:
+    """os.write until every byte is written: a write may be short (disk nearly full,
+    a file size limit, a signal) and then the next one reports why."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    tmp.replace(path)

@@ -28,6 +28,7 @@ FAULT_KINDS: tuple[str, ...] = (
     *STATUS_FAULTS,
     *("drop", "hang", "invalid_json", "redirect"),
     *STREAM_FAULTS,
+    "echo_headers",  # a 400 whose body echoes the request headers, as a server in the wild did
 )
 RANDOM_FAULTS = ("500", "503", "429", "drop")  # what `fail_rate` draws from: all transient
 NON_STREAM_TWIN = {"cut": "drop", "stall": "hang", "malformed": "invalid_json"}

@@ -223,6 +223,8 @@ class _Connection(asyncio.Protocol):
             return self._respond(200, BROKEN_JSON, rate_headers(0))
         if fault == "redirect":
             return self._respond(307, b"", b"location: %s\r\n" % self._own_url(request))
+        if fault == "echo_headers":
+            return self._respond(400, orjson.dumps({"error": "bad", "headers": request.headers}))
         status = int(str(fault))
         headers = rate_headers(0)
         if status == 429:

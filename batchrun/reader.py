@@ -7,6 +7,10 @@ or a `BadLine` carrying an `InvalidInput` that names the line and the field.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,7 +33,9 @@ __all__ = [
     "detect_format",
     "iter_raw_lines",
     "iter_requests",
+    "needs_spool",
     "scan_input",
+    "spool_input",
     "unused_model_warning",
 ]
 
@@ -80,6 +86,9 @@ class InputScan:
     requests: int  # non-blank lines; each becomes exactly one result record
     format: InputFormat
     missing_model: int = 0  # batch lines whose body names no model
+    # Bytes hashed: the run reads exactly these, so data appended later is not part
+    # of this batch. None: read to the end (callers that built a scan by hand).
+    size: int | None = None
 
 
 def iter_raw_lines(stream: BinaryIO, max_bytes: int) -> Iterator[RawLine]:
@@ -130,15 +139,32 @@ def _finish_line(
 
 
 class _HashingReader:
-    """A binary reader that hashes what passes through it, so one pass does both."""
+    """A binary reader that hashes and counts what passes through it, so one pass does both."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self.digest = hashlib.sha256()
+        self.size = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size)
         self.digest.update(data)
+        self.size += len(data)
+        return data
+
+
+class _BoundedReader:
+    """Reads at most `limit` bytes: the snapshot that was hashed, however the file grew."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self._stream = stream
+        self._left = limit
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        data = self._stream.read(self._left if size < 0 else min(size, self._left))
+        self._left -= len(data)
         return data
 
 
@@ -151,7 +177,9 @@ def scan_input(path: Path, max_line_bytes: int) -> InputScan:
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
     digest = reader.digest.hexdigest()
-    return InputScan(sha256=digest, requests=count, format=fmt, missing_model=no_model)
+    return InputScan(
+        sha256=digest, requests=count, format=fmt, missing_model=no_model, size=reader.size
+    )
 
 
 def _scan_lines(lines: Iterator[RawLine]) -> tuple[int, InputFormat, int]:
@@ -264,6 +292,9 @@ class LineParser:
             if raw.data is None:
                 raise InvalidInput(f"line is {raw.length} bytes, over the --max-line-bytes limit")
             obj = _parse_json_object(raw.data)
+            # Taken before validation, so a rejected line still says whose it is.
+            found = obj.get("custom_id")
+            custom_id = found if isinstance(found, str) else None
             custom_id, body = self._unwrap(obj)
             changed = self._complete(body)
             for warning in validate_body(body):
@@ -362,11 +393,58 @@ def iter_requests(
     *,
     skip: Callable[[int], bool],
     limit: int | None = None,
+    size: int | None = None,
 ) -> Iterator[Request | BadLine]:
-    """Stream the input's requests in order, not parsing the ones `skip` says are done."""
-    with path.open("rb") as stream:
-        for index, raw in enumerate(iter_raw_lines(stream, max_line_bytes)):
+    """Stream the input's requests in order, not parsing the ones `skip` says are done.
+
+    `size` (the scan's byte count) bounds what is read to the snapshot that was hashed;
+    a file cut shorter since then yields fewer lines, which the runner refuses to call
+    complete."""
+    with path.open("rb") as raw_stream:
+        stream = raw_stream if size is None else _BoundedReader(raw_stream, size)
+        for index, raw in enumerate(iter_raw_lines(stream, max_line_bytes)):  # type: ignore[arg-type]
             if limit is not None and index >= limit:
                 return
             if not skip(index):
                 yield parser.parse(raw, index)
+
+
+STDIN = Path("-")
+
+
+def needs_spool(path: Path) -> bool:
+    """Standard input, a FIFO, a process substitution: anything that cannot be read
+    twice (once to hash, once to send) or read again by a resume."""
+    if path == STDIN:
+        return True
+    try:
+        return not stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False  # scan_input reports it
+
+
+def spool_input(source: Path, directory: Path) -> Path:
+    """Copy `source` (or standard input for `-`) into a new mode-0600 file in
+    `directory`, synced; return its path. Blocks until the writer closes the pipe."""
+    fd, name = tempfile.mkstemp(prefix="input.", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if source == STDIN:
+                _copy(sys.stdin.buffer, out)
+            else:
+                try:
+                    with source.open("rb") as stream:
+                        _copy(stream, out)
+                except OSError as exc:
+                    raise InputError(f"cannot read {source}: {exc.strerror or exc}") from exc
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+def _copy(stream: BinaryIO, out: BinaryIO) -> None:
+    while chunk := stream.read(READ_CHUNK):
+        out.write(chunk)

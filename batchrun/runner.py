@@ -7,14 +7,18 @@ failure streak cancels the workers; either way the writer drains what completed.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import signal
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import orjson
@@ -25,9 +29,17 @@ from rich.text import Text
 
 from .client import ChatClient, Reply
 from .config import RunConfig
-from .errors import Aborted, ConfigError, RequestFailed
-from .journal import Paths, ResumeState, open_outdir
-from .output import Completed, ResultWriter, SentLog, error_record, ok_record
+from .errors import Aborted, ConfigError, InputError, RequestFailed
+from .journal import (
+    OutdirLock,
+    Paths,
+    ResumeState,
+    check_input_outside_outputs,
+    load_state,
+    lock_outdir,
+    open_outdir,
+)
+from .output import Completed, ResultWriter, SentLog, error_record, ok_record, write_failed
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
 from .reader import (
     BadLine,
@@ -37,7 +49,9 @@ from .reader import (
     Request,
     check_models,
     iter_requests,
+    needs_spool,
     scan_input,
+    spool_input,
     unused_model_warning,
 )
 from .retry import RetryPolicy
@@ -49,6 +63,9 @@ __all__ = ["RunReport", "run_batch"]
 EXIT_OK, EXIT_FAILED_LINES, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 2, 3, 130
 TICK_S = 0.25
 MAX_BATCH = 4096
+SPOOL_POLL_S = 0.05
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,30 +86,115 @@ async def run_batch(
     """Run (or resume) the batch described by `config`; never raises for a bad line.
 
     `api_key` overrides the environment variable named by `config.api_key_env`; with
-    `config.no_api_key` no key is read or sent."""
+    `config.no_api_key` no key is read or sent.
+    The input is read as the snapshot that was hashed: standard input (`-`) and pipes
+    are first copied into OUTDIR/input.jsonl so a rerun can resume from them. An input
+    that yields fewer lines during the run than when it was scanned (cut short or
+    replaced under us) raises `InputError` (exit 1) once the lines read are written."""
     key = _key(config, api_key)
-    scan = await anyio.to_thread.run_sync(scan_input, config.input_path, config.max_line_bytes)
-    warning = check_models(scan, config.model, config.override_model)
-    if warning and console is not None:
-        console.print(Text.assemble(("warning", "yellow"), f": {warning}"), highlight=False)
-    try:
-        lock, state = open_outdir(config, scan)
-    except OSError as exc:
-        raise ConfigError(f"cannot use {config.outdir} as OUTDIR: {exc.strerror or exc}") from exc
+    check_input_outside_outputs(config.input_path, config.outdir)
+    if needs_spool(config.input_path):
+        config, scan, lock, state = await _open_spooled(config, console)
+    else:
+        scan = await _scan(config, config.input_path, console)
+        with _outdir_errors(config.outdir):
+            lock, state = open_outdir(config, scan)
     try:
         async with ChatClient(
             config.endpoint, key, concurrency=config.concurrency, timeouts=config.timeouts
         ) as client:
             run = _Run(config, scan, state, client)
-            return await run.execute(console, show_progress)
+            return await run.execute(console, show_progress, secret=key)
     finally:
         lock.release()
+
+
+async def _scan(config: RunConfig, path: Path, console: Console | None) -> InputScan:
+    """The input's pre-pass, and the model check it allows before OUTDIR is touched
+    (a manifest written for a run that cannot start would refuse the corrected rerun)."""
+    scan = await anyio.to_thread.run_sync(scan_input, path, config.max_line_bytes)
+    warning = check_models(scan, config.model, config.override_model)
+    if warning and console is not None:
+        console.print(Text.assemble(("warning", "yellow"), f": {warning}"), highlight=False)
+    return scan
 
 
 def _key(config: RunConfig, api_key: str | None) -> str | None:
     if config.no_api_key:
         return None
-    return api_key if api_key is not None else _read_key(config.api_key_env)
+    return _checked_key(api_key, config.api_key_env)
+
+
+async def _open_spooled(
+    config: RunConfig, console: Console | None
+) -> tuple[RunConfig, InputScan, OutdirLock, ResumeState]:
+    """Copy a one-shot input into OUTDIR, then open OUTDIR for it. The copy replaces
+    OUTDIR/input.jsonl only once the manifest check passed, so a refused resume (other
+    data on stdin) leaves the input the old results belong to in place."""
+    with _outdir_errors(config.outdir):
+        lock = lock_outdir(config.outdir)
+    try:
+        with _outdir_errors(config.outdir):
+            part = await _in_daemon_thread(lambda: spool_input(config.input_path, config.outdir))
+        try:
+            scan = await _scan(config, part, console)
+            config = replace(config, input_path=Paths(config.outdir).spooled_input)
+            with _outdir_errors(config.outdir):
+                state = load_state(config, scan)
+                os.replace(part, config.input_path)
+        finally:
+            part.unlink(missing_ok=True)
+    except BaseException:
+        lock.release()
+        raise
+    return config, scan, lock, state
+
+
+async def _in_daemon_thread(func: Callable[[], T]) -> T:
+    """Run a blocking call that may never return (open() on a FIFO nobody writes to)
+    in a daemon thread, polled: Ctrl-C then stops the run at once, and the stuck
+    thread does not hold the process at exit as a worker thread would."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(func())
+        except BaseException as exc:  # handed to the waiting task below
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="batchrun-spool", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        await anyio.sleep(SPOOL_POLL_S)
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+@contextlib.contextmanager
+def _outdir_errors(outdir: Path) -> Iterator[None]:
+    """OSError while setting OUTDIR up: a full disk is resumable (exit 3), anything
+    else (permissions, a file where the directory should be) is a usage error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS:
+            where = Path(exc.filename) if exc.filename else outdir
+            raise write_failed(where, exc) from exc
+        raise ConfigError(f"cannot use {outdir} as OUTDIR: {exc.strerror or exc}") from exc
+
+
+def _checked_key(api_key: str | None, env_name: str) -> str:
+    key = api_key if api_key is not None else _read_key(env_name)
+    if not (key.isascii() and key.isprintable()):
+        # Never echo it: the message itself would leak the key.
+        source = "the API key given" if api_key is not None else f"${env_name}"
+        raise ConfigError(
+            f"{source} holds a control or non-ASCII character (a pasted newline?), which "
+            "no HTTP header can carry; set the key again"
+        )
+    return key
 
 
 def _read_key(env_name: str) -> str:
@@ -107,6 +209,8 @@ def _read_key(env_name: str) -> str:
 
 
 class _Run:
+    _write_error: Aborted | None = None  # the first failed write to OUTDIR
+
     def __init__(
         self, config: RunConfig, scan: InputScan, state: ResumeState, client: ChatClient
     ) -> None:
@@ -132,9 +236,17 @@ class _Run:
         self._started_at = datetime.now(UTC)
         self._console: Console | None = None
 
-    async def execute(self, console: Console | None, show_progress: bool) -> RunReport:
-        writer = ResultWriter(self.paths, self.state)
-        sent_log = SentLog(self.paths)
+    async def execute(
+        self, console: Console | None, show_progress: bool, *, secret: str | None = None
+    ) -> RunReport:
+        """Run every task; a write to OUTDIR that fails stops the run as `Aborted`
+        (exit 3) naming the file, after everything that could be written was."""
+        writer = ResultWriter(self.paths, self.state, secret=secret)
+        try:
+            sent_log = SentLog(self.paths, on_error=self._stop_writing)
+        except Aborted:
+            writer.close()
+            raise
         self._console = console or (stderr_console() if show_progress else None)
         try:
             if show_progress:
@@ -144,13 +256,36 @@ class _Run:
             else:
                 await self._run_tasks(writer, sent_log, None)
         except* OSError as group:
-            raise Aborted(
-                f"fatal I/O error writing {self.paths.outdir}: {group.exceptions[0]}"
-            ) from group
+            # Writes to OUTDIR are caught where they happen; this is any other I/O failure.
+            raise Aborted(f"fatal I/O error: {group.exceptions[0]}; rerun to resume") from group
         finally:
             writer.close()
             sent_log.close()
-        return self._finish()
+        if self._write_error is not None:
+            raise self._write_error
+        try:
+            report = self._finish()
+        except OSError as exc:
+            raise write_failed(self.paths.summary, exc) from exc
+        self._check_snapshot_read(writer.next_index)
+        return report
+
+    def _stop_writing(self, error: Aborted) -> None:
+        if self._write_error is None:
+            self._write_error = error
+            self._abort(str(error))
+
+    def _check_snapshot_read(self, written: int) -> None:
+        """A run that was not stopped wrote every request line it read; fewer than the
+        scan counted means the input shrank or was replaced while we read it."""
+        expected = self.stats.total
+        if self.abort_reason is None and not self.interrupted and written < expected:
+            raise InputError(
+                f"{self.config.input_path} changed while the run read it: {expected} request "
+                f"lines were hashed before the run but only {written} could be read back. "
+                "The results so far are kept; restore the input and rerun to resume, or "
+                "use --fresh."
+            )
 
     async def _run_tasks(
         self, writer: ResultWriter, sent_log: SentLog, display: ProgressDisplay | None
@@ -191,6 +326,7 @@ class _Run:
             self.config.max_line_bytes,
             skip=self.state.is_done,
             limit=self.config.limit,
+            size=self.scan.size,
         )
         async with work_send, done_send:
             if self.stats.done_before >= self.stats.total:
@@ -277,7 +413,10 @@ class _Run:
     async def _write_all(
         self, writer: ResultWriter, done_recv: MemoryObjectReceiveStream[Completed]
     ) -> None:
-        """Group commit: whatever arrived while the last fsync ran goes in the next one."""
+        """Group commit: whatever arrived while the last fsync ran goes in the next one.
+
+        After a failed write the writer keeps draining (and drops) what workers send,
+        so none of them blocks or finds the channel broken while the run stops."""
         async with done_recv:
             async for first in done_recv:
                 batch = [first]
@@ -286,11 +425,16 @@ class _Run:
                         batch.append(done_recv.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                writer.append(batch)
-                if self.config.fsync:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(writer.sync)
-                writer.emit(batch)
+                if self._write_error is not None:
+                    continue
+                try:
+                    writer.append(batch)
+                    if self.config.fsync:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(writer.sync)
+                    writer.emit()
+                except Aborted as error:
+                    self._stop_writing(error)
 
     async def _watch_signals(self, side: TaskGroup) -> None:
         """First Ctrl-C/SIGTERM: stop dispatching, give in-flight requests a grace

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchrun import run_batch
 from batchrun.config import RunConfig
 from batchrun.errors import ResumeRefused
 from batchrun.journal import OutdirLock, Paths, ResumeState, open_outdir
+from batchrun.mockserver import MockServer
 from batchrun.output import Completed, ResultWriter
 from batchrun.reader import InputFormat, InputScan
 
@@ -38,7 +43,7 @@ def write(outdir: Path, state: ResumeState, batches: list[list[int]], failed: se
         items = [record(i, i in failed) for i in batch]
         writer.append(items)
         writer.sync()
-        writer.emit(items)
+        writer.emit()
     writer.close()
 
 
@@ -149,3 +154,89 @@ def test_journal_index_outside_the_input_is_refused(tmp_path: Path) -> None:
         journal.write(record(7).data + b"\n")
     with pytest.raises(ResumeRefused, match="outside"):
         open_state(tmp_path, 3)
+
+
+def ok_with_error_text(index: int) -> Completed:
+    """An ok record whose reply holds `"status":"error"` (tool-call arguments as an object)."""
+    arguments = {"status": "error", "detail": {"status": "error"}}
+    body = {"index": index, "status": "ok", "response": {"arguments": arguments}}
+    return Completed(index, orjson.dumps(body), failed=False)
+
+
+def test_errors_are_chosen_by_status_never_by_bytes(tmp_path: Path) -> None:
+    lock, state = open_state(tmp_path, 6)
+    writer = ResultWriter(Paths(tmp_path), state)
+    # Out of order, so some records are read back from the journal before they are emitted.
+    for batch in ([ok_with_error_text(3), record(4, failed=True)], [ok_with_error_text(1)]):
+        writer.append(batch)
+        writer.emit()
+    writer.close()
+    lock.release()
+    assert indices(tmp_path / "results.jsonl") == []
+    # A crash here: the journal holds 1, 3, 4. The resume must keep the same view.
+    lock, state = open_state(tmp_path, 6)
+    writer = ResultWriter(Paths(tmp_path), state)
+    for batch in ([record(0)], [record(2), ok_with_error_text(5)]):
+        writer.append(batch)
+        writer.emit()
+    writer.close()
+    lock.release()
+    assert indices(tmp_path / "results.jsonl") == list(range(6))
+    assert indices(tmp_path / "errors.jsonl") == [4]
+    lock, _ = open_state(tmp_path, 6)  # the resume scan rebuilds errors.jsonl
+    lock.release()
+    assert indices(tmp_path / "errors.jsonl") == [4]
+
+
+def test_a_corrupt_last_line_is_described_as_the_last_line(tmp_path: Path) -> None:
+    lock, state = open_state(tmp_path, 3)
+    write(tmp_path, state, [[0, 1]], set())
+    lock.release()
+    with (tmp_path / "journal.jsonl").open("ab") as journal:
+        journal.write(b"{not a record}\n")
+    with pytest.raises(ResumeRefused) as info:
+        open_state(tmp_path, 3)
+    assert "line 3 is corrupt" in str(info.value)
+    assert "is the last line but ends in a newline, so it is not a torn write" in str(info.value)
+    assert "is not the last line" not in str(info.value)
+
+
+def test_the_api_key_is_redacted_in_every_written_form(tmp_path: Path) -> None:
+    key = 'sk-"quote\\slash-12345'
+    lock, state = open_state(tmp_path, 3)
+    writer = ResultWriter(Paths(tmp_path), state, secret=f"Bearer {key}")
+    echoed = orjson.dumps({"headers": {"authorization": f"Bearer {key}"}}).decode()
+    records = [
+        Completed(0, orjson.dumps({"index": 0, "status": "ok", "response": {"k": key}}), False),
+        Completed(1, orjson.dumps({"index": 1, "status": "error", "body": echoed}), True),
+        record(2),
+    ]
+    writer.append(records)
+    writer.emit()
+    writer.close()
+    lock.release()
+    once = orjson.dumps(key)[1:-1]
+    for name in ("journal.jsonl", "results.jsonl", "errors.jsonl"):
+        data = (tmp_path / name).read_bytes()
+        assert key.encode() not in data and once not in data
+        assert b"[REDACTED]" in data
+    written = [orjson.loads(x) for x in (tmp_path / "results.jsonl").read_bytes().splitlines()]
+    assert [r["index"] for r in written] == [0, 1, 2]  # lengths and offsets still right
+    assert written[0]["response"] == {"k": "[REDACTED]"}
+
+
+@pytest.mark.anyio
+async def test_a_corrupt_last_line_is_refused_truthfully_end_to_end(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    path = tmp_path / "in.jsonl"
+    line = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}\n'
+    path.write_bytes(line * 4)
+    server = mock_server()
+    config = RunConfig(input_path=path, outdir=tmp_path / "out", base_url=server.url, limit=2)
+    with anyio.fail_after(30):
+        assert (await run_batch(config, api_key="sk-journal-test-key")).exit_code == 0
+        with (tmp_path / "out" / "journal.jsonl").open("ab") as journal:
+            journal.write(b'{"index": 2, "status": "ok", "respo\n')  # whole line, bad JSON
+        with pytest.raises(ResumeRefused, match="is the last line but ends in a newline"):
+            await run_batch(replace(config, limit=None), api_key="sk-journal-test-key")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import anyio
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchrun import RunConfig, run_batch
 from batchrun.errors import InputError
+from batchrun.mockserver import MockServer
 from batchrun.reader import (
     BadLine,
     InputFormat,
@@ -85,7 +89,7 @@ def test_bad_lines_become_invalid_input(line: bytes, expected: str) -> None:
     assert item.error.to_record()["type"] == "invalid_input"
 
 
-def write_lines(path: Path, objs: list[object]) -> Path:
+def write_lines(path: Path, objs: Sequence[object]) -> Path:
     path.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in objs))
     return path
 
@@ -205,3 +209,62 @@ def test_a_bad_line_is_reported_at_its_line_number(
     assert bad_items[0].error.line == len(before) + 1
     good = sum(1 for b in [*before, *after] if b.strip())
     assert len(items) == good + 1
+
+
+@pytest.mark.parametrize(
+    ("line", "fmt", "custom_id"),
+    [
+        (
+            {"custom_id": "o-1", "url": "/v1/embeddings", "body": GOOD},
+            InputFormat.OPENAI_BATCH,
+            "o-1",
+        ),
+        ({"custom_id": "m-1", "body": "not an object"}, InputFormat.MISTRAL_BATCH, "m-1"),
+        ({"custom_id": "m-2", "body": {"messages": []}}, InputFormat.MISTRAL_BATCH, "m-2"),
+        ({"custom_id": "p-1", "body": GOOD}, InputFormat.PLAIN, "p-1"),  # wrong format
+        ({"custom_id": 7, "body": GOOD}, InputFormat.MISTRAL_BATCH, None),
+    ],
+)
+def test_a_parsed_line_that_fails_validation_keeps_its_custom_id(
+    tmp_path: Path, line: dict[str, object], fmt: InputFormat, custom_id: str | None
+) -> None:
+    path = write_lines(tmp_path / "in.jsonl", [line])
+    parser = LineParser(fmt, default_model="m")
+    (item,) = iter_requests(path, parser, 1 << 20, skip=lambda i: False)
+    assert isinstance(item, BadLine)
+    assert item.custom_id == custom_id
+
+
+def test_only_the_scanned_bytes_are_read(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "in.jsonl", [GOOD, GOOD])
+    scan = scan_input(path, 1 << 20)
+    assert scan.size == len(path.read_bytes())
+    with path.open("ab") as more:
+        more.write(orjson.dumps(GOOD) + b"\n")
+    parser = LineParser(InputFormat.PLAIN)
+    items = list(iter_requests(path, parser, 1 << 20, skip=lambda i: False, size=scan.size))
+    assert len(items) == 2
+
+
+@pytest.mark.anyio
+async def test_invalid_input_records_carry_the_custom_id_end_to_end(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    good = {"custom_id": "a-1", "method": "POST", "url": "/v1/chat/completions", "body": GOOD}
+    bad_url = {**good, "custom_id": "a-2", "url": "/v1/embeddings"}
+    bad_body = {**good, "custom_id": "a-3", "body": {"model": "m"}}
+    path = write_lines(tmp_path / "in.jsonl", [good, bad_url, bad_body])
+    server = mock_server()
+    config = RunConfig(input_path=path, outdir=tmp_path / "out", base_url=server.url)
+    with anyio.fail_after(30):
+        report = await run_batch(config, api_key="sk-reader-test-key")
+    assert report.exit_code == 2
+    records = [
+        orjson.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_bytes().splitlines()
+    ]
+    assert [(r["custom_id"], r["status"]) for r in records] == [
+        ("a-1", "ok"),
+        ("a-2", "error"),
+        ("a-3", "error"),
+    ]
+    assert records[1]["error"]["field"] == "url"
