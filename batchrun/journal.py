@@ -240,8 +240,14 @@ def _check_manifest(path: Path, expected: dict[str, Any]) -> None:
             f"{expected['input_sha256'][:12]}…. Use --fresh to discard it, or another -o."
         )
     if found.get("settings_sha256") != expected["settings_sha256"]:
-        before, now = found.get("settings", {}), expected["settings"]
-        changed = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
+        before, now = found.get("settings"), expected["settings"]
+        before = before if isinstance(before, dict) else {}
+        # Both sides' keys: a setting stored only when used (--override-model) is in
+        # just one of them.
+        keys = sorted({*before, *now})
+        changed = [
+            f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)
+        ]
         raise ResumeRefused(
             f"{path.parent} was started with other request settings ({'; '.join(changed)}); "
             "resuming would mix two configurations. Use the same flags, or --fresh."

@@ -42,10 +42,8 @@ class StopRules:
             self._connect_streak = 0
         retry = self._config.retry
         if isinstance(error, AuthError) and self._auth_streak >= retry.auth_failure_limit:
-            return (
-                f"{self._auth_streak} consecutive HTTP {error.status_code} replies: check the "
-                f"key in ${self._config.api_key_env}; rerun the same command to resume"
-            )
+            streak = f"{self._auth_streak} consecutive HTTP {error.status_code} replies"
+            return f"{streak}: {self._fix_auth()}"
         if self._connect_streak >= retry.connect_failure_limit:
             return (
                 f"cannot connect to {self._config.base_url}: is the server running? "
@@ -53,3 +51,8 @@ class StopRules:
                 "rerun the same command to resume"
             )
         return None
+
+    def _fix_auth(self) -> str:
+        if self._config.no_api_key:
+            return "the server wants a key: set one and rerun without --no-api-key to resume"
+        return f"check the key in ${self._config.api_key_env}; rerun the same command to resume"

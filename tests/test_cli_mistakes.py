@@ -201,6 +201,10 @@ def test_override_model_replaces_every_lines_model_and_is_a_resume_setting(
     other = invoke(*args, "--override-model", "small")
     assert other.exit_code == 1
     assert "other request settings" in other.output
+    # A setting stored only when used still names itself when it is dropped.
+    dropped = invoke(*args, "-m", "small")
+    assert dropped.exit_code == 1
+    assert "override_model: 'large' -> None" in " ".join(dropped.output.split())
 
 
 # -- servers without authentication --------------------------------------------------------
@@ -225,6 +229,7 @@ def test_no_api_key_needs_no_key_and_sends_no_header(
     assert refused.exit_code == 3, refused.output
     summary = orjson.loads((tmp_path / "guarded" / "summary.json").read_bytes())
     assert "consecutive HTTP 401" in summary["reason"]
+    assert "rerun without --no-api-key" in summary["reason"]
 
 
 @pytest.mark.anyio
