@@ -540,6 +540,123 @@ async def test_stream_status_faults_come_before_any_event(mock_server: Factory) 
     assert response.status_code == 503 and response.json()["code"] == "503"
 
 
+# --- scripted raw replies and deadline modes ------------------------------------------------
+
+
+def scripted(raw: dict[str, Any], text: str = "hello there", **options: Any) -> dict[str, Any]:
+    return chat(text, metadata={"mock": {"raw": raw, **options}})
+
+
+def test_raw_body_reply_is_sent_as_scripted(mock_server: Factory) -> None:
+    server = mock_server()
+    raw = {"status": 200, "headers": [["Retry-After", "soon"], ["x-a", "\t1 é"]], "body": "[5]"}
+    with connect(server) as sock, sock.makefile("rb") as reader:
+        sock.sendall(request_bytes(scripted(raw)))
+        status, headers, body = read_response(reader)
+        sock.sendall(request_bytes(chat()))  # the connection stays usable
+        after, _, _ = read_response(reader)
+    assert (status, body, after) == (200, b"[5]", 200)
+    assert headers["retry-after"] == "soon" and headers["content-type"] == "application/json"
+    assert headers["x-a"] == "1 é"  # sent as UTF-8, tab kept (stripped by the reader)
+
+
+@pytest.mark.anyio
+async def test_raw_events_are_one_chunk_each_in_order(mock_server: Factory) -> None:
+    server = mock_server()
+    events = ['{"choices": 5}', {"raw": ": hi\n\nevent: error\n"}, {"raw": "data: x\n\n"}]
+    raw = {"status": 503, "headers": [["content-type", "text/plain"]], "events": events}
+    with anyio.fail_after(10):
+        response = await post(server, scripted(raw))
+    assert response.status_code == 503 and response.headers["content-type"] == "text/plain"
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert response.content == b'data: {"choices": 5}\n\n: hi\n\nevent: error\ndata: x\n\n'
+
+
+@pytest.mark.anyio
+async def test_raw_body_bytes_times_and_delays(mock_server: Factory) -> None:
+    server = mock_server()
+    binary = scripted({"body_base64": "/wAB"}, times=1)
+    slow = scripted({"events": ["a", "b"]}, "slow", chunk_delay_ms=150)
+    with anyio.fail_after(10):
+        first, second = await post(server, binary), await post(server, binary)
+        started = time.perf_counter()
+        spread = await post(server, slow)
+        elapsed = time.perf_counter() - started
+    assert first.content == b"\xff\x00\x01"
+    assert second.json()["object"] == "chat.completion"  # `times` used up: a real reply
+    assert spread.content == b"data: a\n\ndata: b\n\n" and elapsed >= 0.14
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"headers": [["x-a", "1\r\nx-b: 2"]]},
+        {"headers": [["x-a", "1\n"]]},
+        {"headers": [["x-a", "nul\u0000"]]},
+        {"headers": [["content-length", "5"]]},
+        {"headers": [["Transfer-Encoding", "chunked"]]},
+        {"headers": [["bad name", "1"]]},
+        {"headers": [["x-a"]]},
+        {"status": 204},
+        {"status": 101},
+        {"status": "200"},
+        {"body": "a", "events": []},
+        {"events": [5]},
+        {"body_base64": "***"},
+        [],
+    ],
+)
+async def test_raw_replies_that_would_break_framing_are_refused(
+    mock_server: Factory, raw: Any
+) -> None:
+    server = mock_server()
+    with anyio.fail_after(10):
+        refused = await post(server, scripted(raw))
+        after = await post(server, chat())
+    assert refused.status_code == 400 and "raw" in refused.json()["message"]
+    assert after.status_code == 200
+
+
+def test_drip_sends_one_byte_at_a_time(mock_server: Factory) -> None:
+    server = mock_server()
+    with connect(server) as sock, sock.makefile("rb") as reader:
+        sock.sendall(request_bytes(scripted({"body": "{}"}, drip_ms=5)))
+        first = sock.recv(100)
+        status, _, body = read_response(reader)
+    assert len(first) == 1 and (status, body) == (200, b"{}")
+
+
+@pytest.mark.anyio
+async def test_dripped_completion_and_stream_arrive_whole(mock_server: Factory) -> None:
+    server = mock_server()
+    with anyio.fail_after(20):
+        plain = await post(server, chat("d", metadata={"mock": {"drip_ms": 0.5}}))
+        _, streamed = await stream(server, chat("d", metadata={"mock": {"drip_ms": 0.5}}))
+    assert "Echo: d" in content_of(plain)
+    assert sse(streamed)[0][-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("fault", ["keepalive", "trickle"])
+def test_endless_streams_never_finish(mock_server: Factory, fault: str) -> None:
+    server = mock_server()
+    body = {**mocked(fault, chunk_delay_ms=20), "stream": True}
+    with connect(server) as sock:
+        sock.sendall(request_bytes(body))
+        deadline, received = time.monotonic() + 0.5, b""
+        while time.monotonic() < deadline:
+            received += sock.recv(65536)
+    assert b"200 OK" in received and b"[DONE]" not in received
+    assert received.count(b": keep-alive") > 5 if fault == "keepalive" else True
+    if fault == "trickle":
+        data, _ = sse(received.partition(b"\r\n\r\n")[2].replace(b"\r\n", b"\n"))
+        chunks = [orjson.loads(d.strip().splitlines()[0]) for d in data if d.startswith("{")]
+        assert len(chunks) > 5
+        assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
+    else:
+        assert b"data:" not in received
+
+
 # --- connections -----------------------------------------------------------------------------
 
 
