@@ -120,10 +120,12 @@ def render_summary(summary: dict[str, Any], console: Console) -> None:
     if summary["ttft_ms"]:
         ttft = summary["ttft_ms"]
         table.add_row("ttft", f"p50 {ttft['p50']} ms · p90 {ttft['p90']} ms · p99 {ttft['p99']} ms")
+    rate = session["requests_per_s"]  # null when this session sent nothing
     table.add_row(
         "this run",
         f"{session['completed']:,} lines in {session['wall_time_s']:.1f} s · "
-        f"{session['requests_per_s']:,.1f} req/s · {session['requests_sent']:,} requests sent · "
+        + (f"{rate:,.1f} req/s · " if rate is not None else "")
+        + f"{session['requests_sent']:,} requests sent · "
         f"{session['retries']:,} retries · {session['resent_after_interrupt']:,} re-sent",
     )
     console.print(table)
