@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,14 @@ import orjson
 from rich.console import Console
 
 from ._version import __version__
-from .config import DEFAULT_API_KEY_ENV, DEFAULT_BASE_URL, RetryConfig, RunConfig, Timeouts
+from .config import (
+    DEFAULT_API_KEY_ENV,
+    DEFAULT_BASE_URL,
+    RetryConfig,
+    RunConfig,
+    Timeouts,
+    is_duration,
+)
 from .config import default_outdir as _default_outdir
 from .errors import BatchrunError
 from .mockserver import FAULT_KINDS, MockConfig, MockServer, serve
@@ -30,6 +38,26 @@ __all__ = ["main"]
 
 MOCK_KEY = "mock-key"
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "BATCHRUN"}
+
+
+class _Seconds(click.ParamType[float, "str | float"]):
+    """A duration flag: a finite number of seconds > 0, refused at parse time otherwise."""
+
+    name = "secs"
+
+    def convert(
+        self, value: str | float, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not is_duration(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds > 0", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
 
 
 @click.group(context_settings=CONTEXT)
@@ -54,14 +82,34 @@ def main() -> None:
 )
 @click.option("-c", "--concurrency", default=32, show_default=True, help="Requests in flight.")
 @click.option("--max-attempts", default=5, show_default=True, help="Attempts per line.")
-@click.option("--timeout", default=300.0, show_default=True, help="Read timeout, seconds.")
-@click.option("--connect-timeout", default=10.0, show_default=True, help="Seconds.")
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    default=300.0,
+    show_default=True,
+    help="Deadline for a whole non-streamed attempt, connect to last byte.",
+)
+@click.option(
+    "--connect-timeout",
+    type=SECONDS,
+    default=10.0,
+    show_default=True,
+    help="Deadline for opening a connection.",
+)
 @click.option("--stream", is_flag=True, help="Send every line as a streamed request (SSE).")
 @click.option(
     "--stream-idle-timeout",
+    type=SECONDS,
     default=60.0,
     show_default=True,
-    help="Max seconds of silence inside a stream.",
+    help="Max seconds a stream may go without an event carrying data (comments don't count).",
+)
+@click.option(
+    "--stream-timeout",
+    type=SECONDS,
+    default=600.0,
+    show_default=True,
+    help="Deadline for a whole streamed attempt.",
 )
 @click.option(
     "--base-url",
@@ -124,6 +172,7 @@ def run(
     connect_timeout: float,
     stream: bool,
     stream_idle_timeout: float,
+    stream_timeout: float,
     base_url: str,
     api_key_env: str,
     model: str | None,
@@ -173,7 +222,10 @@ def run(
                 "max_line_bytes": max_line_bytes,
                 "grace_period": grace_period,
                 "timeouts": Timeouts(
-                    connect=connect_timeout, read=timeout, stream_idle=stream_idle_timeout
+                    connect=connect_timeout,
+                    read=timeout,
+                    stream_idle=stream_idle_timeout,
+                    stream_total=stream_timeout,
                 ),
                 "retry": RetryConfig(max_attempts=max_attempts),
             },
@@ -259,7 +311,15 @@ def mock_server(
     """Serve a Mistral-compatible chat API on HOST:PORT, with faults on demand.
 
     Per request, a header `x-mock-fault: KIND` or a body field
-    `"metadata": {"mock": {"fault": KIND, "times": N}}` picks a fault.
+    `"metadata": {"mock": {"fault": KIND, "times": N}}` picks a fault. The stream
+    faults keepalive (only `: keep-alive` comments) and trickle (a word at a time,
+    forever) never end by themselves.
+
+    A body field `"metadata": {"mock": {"raw": {"status": S, "headers": [[NAME, VALUE],
+    ...], "body": TEXT}}}` scripts the whole reply; `"events": [DATA, {"raw": TEXT}, ...]`
+    instead of `body` sends an event stream, a string as `data: DATA`, a raw item
+    verbatim. Header values with CR/LF, framing headers and bodiless statuses get a 400.
+    `"drip_ms": N` sends any reply one byte every N ms.
 
     \b
     Examples:

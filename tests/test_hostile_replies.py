@@ -1,0 +1,276 @@
+"""Hostile servers: whatever a reply holds, each line ends in one record and nothing raises.
+
+Every reply here comes from the mock server's scripted raw mode (`metadata.mock.raw`)
+over a real 127.0.0.1 round trip through `run_batch`; the resume after each run proves
+the stored records cannot poison later sessions either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from batchrun import RetryConfig, RunConfig, RunReport, Timeouts, run_batch
+from batchrun.mockserver import MockServer
+
+Factory = Callable[..., MockServer]
+MODEL = "mistral-small-latest"
+USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+FAST_RETRY = RetryConfig(
+    max_attempts=2, backoff_base=0.001, backoff_cap=0.002, retry_after_cap=0.01
+)
+
+
+def line(i: int, raw: dict[str, Any] | None = None, **mock: Any) -> dict[str, Any]:
+    """Request line `i`; with `raw`, the mock answers it with that scripted reply."""
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": f"l{i}"}]}
+    if raw is not None:
+        mock["raw"] = raw
+    if mock:
+        body["metadata"] = {"mock": mock}
+    return body
+
+
+def completion(**fields: Any) -> dict[str, Any]:
+    message = {"role": "assistant", "content": "hi"}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    return {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL} | {
+        "choices": [choice],
+        "usage": USAGE,
+        **fields,
+    }
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **fields: Any) -> str:
+    choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    return orjson.dumps({**head, "choices": [choice], **fields}).decode()
+
+
+def body(value: Any) -> dict[str, Any]:
+    return {"body": orjson.dumps(value).decode()}
+
+
+def config_for(
+    server: MockServer, outdir: Path, lines: list[dict[str, Any]], **options: Any
+) -> RunConfig:
+    path = outdir.with_suffix(".jsonl")
+    path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    return RunConfig(
+        input_path=path,
+        outdir=outdir,
+        base_url=server.url,
+        concurrency=options.pop("concurrency", 4),
+        retry=options.pop("retry", FAST_RETRY),
+        timeouts=options.pop("timeouts", Timeouts(read=5, stream_idle=2)),
+        fsync=False,
+        **options,
+    )
+
+
+def records_of(outdir: Path, name: str = "results.jsonl") -> list[dict[str, Any]]:
+    return [orjson.loads(x) for x in (outdir / name).read_bytes().splitlines()]
+
+
+async def run_and_resume(config: RunConfig) -> tuple[RunReport, list[dict[str, Any]]]:
+    """Run, check one ordered record per line and a readable summary, then resume (with
+    --retry-failed, so failed lines meet the hostile server again) and check again."""
+    with anyio.fail_after(60):
+        report = await run_batch(config, api_key="k")
+        records = check_outdir(config, report)
+        again = await run_batch(_with(config, retry_failed=True), api_key="k")
+        check_outdir(config, again)
+    return report, records
+
+
+def _with(config: RunConfig, **changes: Any) -> RunConfig:
+    fields = {name: getattr(config, name) for name in config.__dataclass_fields__}
+    return RunConfig(**{**fields, **changes})
+
+
+def check_outdir(config: RunConfig, report: RunReport) -> list[dict[str, Any]]:
+    records = records_of(config.outdir)
+    count = len(config.input_path.read_bytes().splitlines())
+    assert [r["index"] for r in records] == list(range(count))
+    assert report.exit_code in (0, 2)
+    summary = orjson.loads((config.outdir / "summary.json").read_bytes())
+    assert summary == report.summary
+    assert summary["counts"]["done"] == count and summary["counts"]["not_done"] == 0
+    for record in records:
+        if record["status"] == "ok":
+            assert_usable(record["response"])
+    return records
+
+
+def assert_usable(response: Any) -> None:
+    """The structural minimum every ok record's response meets (client.parse_completion)."""
+    assert isinstance(response, dict)
+    choices = response["choices"]
+    assert isinstance(choices, list) and choices
+    assert all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices)
+
+
+# --- one regression test per defect named in the issue -------------------------------------
+
+
+@pytest.mark.anyio
+async def test_usage_that_is_not_an_object_is_kept_and_the_summary_copes(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    server = mock_server()
+    odd_usage = [5, "many", [1, 2], {"prompt_tokens": "3", "completion_tokens": [1]}, None]
+    lines = [line(i, body(completion(usage=u))) for i, u in enumerate(odd_usage)]
+    lines.append(line(9))
+    report, records = await run_and_resume(config_for(server, tmp_path / "out", lines))
+    assert [r["status"] for r in records] == ["ok"] * 6
+    assert [r["response"]["usage"] for r in records[:5]] == odd_usage  # kept verbatim
+    assert report.summary["tokens_by_model"][MODEL]["requests"] == 6
+    assert (
+        report.summary["tokens"]["total_tokens"] == records[5]["response"]["usage"]["total_tokens"]
+    )
+
+
+@pytest.mark.anyio
+async def test_streamed_choices_that_are_not_a_list(mock_server: Factory, tmp_path: Path) -> None:
+    server = mock_server()
+    good = [chunk({"role": "assistant", "content": "a"}), chunk({}, "stop", usage=USAGE), "[DONE]"]
+    odd = orjson.dumps({"id": "c", "model": MODEL, "choices": 5}).decode()
+    lines = [
+        line(0, {"events": [odd, *good]}),
+        line(1, {"events": [odd, odd, "[DONE]"]}),
+        line(
+            2,
+            {
+                "events": [
+                    chunk(usage=5, choices=[{"index": 0, "delta": 5, "finish_reason": "stop"}]),
+                    "[DONE]",
+                ]
+            },
+        ),
+    ]
+    config = config_for(server, tmp_path / "out", [{**x, "stream": True} for x in lines])
+    _, records = await run_and_resume(config)
+    assert [r["status"] for r in records] == ["ok", "error", "ok"]
+    assert records[0]["response"]["choices"][0]["message"]["content"] == "a"
+    assert records[1]["error"]["type"] == "stream_truncated"
+    assert records[2]["response"]["usage"] == 5
+
+
+@pytest.mark.anyio
+async def test_streamed_tool_arguments_object_then_text(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    server = mock_server()
+    first = {
+        "index": 0,
+        "id": "t",
+        "type": "function",
+        "function": {"name": "f", "arguments": {"a": 1}},
+    }
+    rest = {"index": 0, "function": {"arguments": '{"b": 2}'}}
+    events = [
+        chunk({"tool_calls": [first]}),
+        chunk({"tool_calls": [rest]}),
+        chunk({}, "tool_calls"),
+        "[DONE]",
+    ]
+    config = config_for(server, tmp_path / "out", [{**line(0, {"events": events}), "stream": True}])
+    _, records = await run_and_resume(config)
+    assert records[0]["status"] == "ok"
+    call = records[0]["response"]["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"] == {"name": "f", "arguments": {"a": 1}}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Mon, 01 Jan 99999999999999999999 00:00:00 GMT",
+        "Mon, 01 Jan 0000 00:00:00 GMT",
+        "Tue, 31 Feb 2026 25:61:61 +9999",
+        "1e999",
+        "-5",
+        "\t",
+    ],
+)
+async def test_unusable_retry_after_is_ignored(
+    mock_server: Factory, tmp_path: Path, value: str
+) -> None:
+    server = mock_server()
+    raw = {"status": 429, "headers": [["retry-after", value], ["retry-after-ms", value]]}
+    lines = [line(0, raw, times=1), line(1, raw)]
+    _, records = await run_and_resume(config_for(server, tmp_path / "out", lines))
+    assert records[0]["status"] == "ok" and records[0]["attempts"] == 2
+    assert records[1]["error"]["type"] == "rate_limited"
+
+
+NOT_COMPLETIONS = [
+    {"body": ""},
+    {"body": "{not json"},
+    {"body_base64": "/w=="},  # not UTF-8
+    body([]),
+    body(5),
+    body({"id": "x"}),
+    body(completion(choices=5)),
+    body(completion(choices=[])),
+    body(completion(choices=[5])),
+    body(completion(choices=[{"index": 0, "finish_reason": "stop"}])),
+    body(completion(choices=[{"index": 0, "message": "hi", "finish_reason": "stop"}])),
+    body(completion(choices=[{"message": {}, "finish_reason": "error"}])),
+    {"body": "[" * 5000},  # deeper than any JSON parser nests
+    {"body": "{}", "headers": [["content-encoding", "gzip"]]},
+]
+
+
+@pytest.mark.anyio
+async def test_200_replies_that_are_not_completions_are_invalid_responses(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    server = mock_server()
+    lines = [line(i, raw, times=1) for i, raw in enumerate(NOT_COMPLETIONS)]
+    lines += [line(100 + i, raw) for i, raw in enumerate(NOT_COMPLETIONS)]
+    report, records = await run_and_resume(config_for(server, tmp_path / "out", lines))
+    count = len(NOT_COMPLETIONS)
+    assert [(r["status"], r["attempts"]) for r in records[:count]] == [("ok", 2)] * count
+    failed = records[count:]
+    assert all(r["status"] == "error" and r["attempts"] == 2 for r in failed)
+    assert {r["error"]["type"] for r in failed} <= {"invalid_response", "connection"}
+    assert [r["error"]["type"] for r in failed][:-1] == ["invalid_response"] * (count - 1)
+    assert all(r["error"]["retryable"] for r in failed)
+    assert report.exit_code == 2
+
+
+@pytest.mark.anyio
+async def test_a_stored_record_of_any_shape_does_not_stop_a_resume(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    """Records written by an older version, or edited by hand, with wrong types anywhere."""
+    server = mock_server()
+    config = config_for(server, tmp_path / "out", [line(i) for i in range(4)])
+    with anyio.fail_after(30):
+        await run_batch(config, api_key="k")
+    odd: list[dict[str, Any]] = [
+        {
+            "attempts": "2",
+            "latency_ms": "fast",
+            "ttft_ms": [1],
+            "response": {"model": {"a": 1}, "usage": {"total_tokens": True}},
+        },
+        {"attempts": [1], "response": [], "latency_ms": True},
+        {"status": "error", "error": ["timeout"], "attempts": None},
+        {"status": "error", "error": {"type": {"nested": 1}}, "attempts": 1.5},
+    ]
+    lines = []
+    for record, changes in zip(records_of(config.outdir), odd, strict=True):
+        lines.append(orjson.dumps({**record, **changes}) + b"\n")
+    for name in ("results.jsonl", "journal.jsonl"):
+        (config.outdir / name).write_bytes(b"".join(lines))
+    with anyio.fail_after(30):
+        report = await run_batch(config, api_key="k")
+    assert report.summary["counts"]["ok"] == 2 and report.summary["counts"]["failed"] == 2
+    assert report.summary["session"]["requests_sent"] == 0
