@@ -64,14 +64,14 @@ async def run_lines(
 
 @pytest.mark.anyio
 async def test_timeout_bounds_a_whole_dripped_reply(mock_server: Factory, tmp_path: Path) -> None:
-    """The issue's case: one byte every 100 ms would take ~40 s; --timeout 1 ends it at 1 s."""
+    """The issue's case: one byte every 100 ms would take ~40 s; --timeout 0.5 ends it."""
     server = mock_server()
     _, records, elapsed = await run_lines(
-        server, tmp_path, [line(0, drip_ms=100)], Timeouts(read=1)
+        server, tmp_path, [line(0, drip_ms=100)], Timeouts(read=0.5)
     )
     assert records[0]["status"] == "error"
     assert records[0]["error"]["type"] == "timeout" and records[0]["error"]["retryable"]
-    assert "1 s" in records[0]["error"]["message"]
+    assert "0.5 s" in records[0]["error"]["message"]
     assert elapsed < 8
 
 
@@ -79,18 +79,22 @@ async def test_timeout_bounds_a_whole_dripped_reply(mock_server: Factory, tmp_pa
 async def test_a_dripped_reply_inside_the_deadline_succeeds(
     mock_server: Factory, tmp_path: Path
 ) -> None:
+    """~130 bytes 2 ms apart: the deadline is on the whole attempt, not on the pace."""
     server = mock_server()
-    _, records, _ = await run_lines(server, tmp_path, [line(0, drip_ms=1)], Timeouts(read=15))
-    assert records[0]["status"] == "ok"
+    small = {"body": '{"choices": [{"message": {"content": "ok"}}]}'}
+    _, records, _ = await run_lines(
+        server, tmp_path, [line(0, drip_ms=2, raw=small)], Timeouts(read=15)
+    )
+    assert records[0]["status"] == "ok" and records[0]["latency_ms"] > 200
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("mock", "timeouts", "message"),
     [
-        ({"fault": "keepalive", "chunk_delay_ms": 50}, Timeouts(stream_idle=0.5), "idle"),
-        ({"drip_ms": 50}, Timeouts(stream_idle=0.5), "idle"),  # bytes, never a whole event
-        ({"fault": "trickle", "chunk_delay_ms": 50}, Timeouts(stream_total=1), "within 1 s"),
+        ({"fault": "keepalive", "chunk_delay_ms": 20}, Timeouts(stream_idle=0.3), "idle"),
+        ({"drip_ms": 20}, Timeouts(stream_idle=0.3), "idle"),  # bytes, never a whole event
+        ({"fault": "trickle", "chunk_delay_ms": 20}, Timeouts(stream_total=0.5), "within 0.5 s"),
     ],
 )
 async def test_stream_deadlines_count_data_events_and_the_whole_stream(
@@ -107,12 +111,12 @@ async def test_stream_deadlines_count_data_events_and_the_whole_stream(
 async def test_a_slow_stream_that_keeps_sending_data_is_not_idle(
     mock_server: Factory, tmp_path: Path
 ) -> None:
-    """Events 150 ms apart under a 400 ms idle deadline: a whole second of stream is fine."""
+    """Events 100 ms apart under a 250 ms idle deadline: 700 ms of stream is fine."""
     server = mock_server()
-    slow = line(0, True, chunks=8, chunk_delay_ms=150)
-    _, records, _ = await run_lines(server, tmp_path, [slow], Timeouts(stream_idle=0.4))
+    slow = line(0, True, chunks=8, chunk_delay_ms=100)
+    _, records, _ = await run_lines(server, tmp_path, [slow], Timeouts(stream_idle=0.25))
     assert records[0]["status"] == "ok"
-    assert records[0]["latency_ms"] > 1000
+    assert records[0]["latency_ms"] > 700
 
 
 @pytest.mark.anyio
@@ -124,7 +128,7 @@ async def test_timeouts_are_retried_per_policy(mock_server: Factory, tmp_path: P
         line(2, True, fault="keepalive"),
     ]
     retry = RetryConfig(max_attempts=3, backoff_base=0.01, backoff_cap=0.02)
-    timeouts = Timeouts(stream_idle=0.3, stream_total=0.6)
+    timeouts = Timeouts(stream_idle=0.2, stream_total=0.4)
     report, records, _ = await run_lines(server, tmp_path, lines, timeouts, retry)
     assert [(r["status"], r["attempts"]) for r in records] == [("ok", 2), ("ok", 3), ("error", 3)]
     assert report.summary["counts"]["errors_by_type"] == {"timeout": 1}

@@ -7,16 +7,20 @@ the stored records cannot poison later sessions either.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from batchrun import RetryConfig, RunConfig, RunReport, Timeouts, run_batch
-from batchrun.mockserver import MockServer
+from batchrun.mockserver import MockConfig, MockServer
 
 Factory = Callable[..., MockServer]
 MODEL = "mistral-small-latest"
@@ -67,7 +71,7 @@ def config_for(
         base_url=server.url,
         concurrency=options.pop("concurrency", 4),
         retry=options.pop("retry", FAST_RETRY),
-        timeouts=options.pop("timeouts", Timeouts(read=5, stream_idle=2)),
+        timeouts=options.pop("timeouts", Timeouts(read=5, stream_idle=2, stream_total=10)),
         fsync=False,
         **options,
     )
@@ -274,3 +278,204 @@ async def test_a_stored_record_of_any_shape_does_not_stop_a_resume(
         report = await run_batch(config, api_key="k")
     assert report.summary["counts"]["ok"] == 2 and report.summary["counts"]["failed"] == 2
     assert report.summary["session"]["requests_sent"] == 0
+
+
+# --- the property: any reply, any number of them, one record per line --------------------
+
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+TOOL_CALL = {
+    "id": "t1",
+    "type": "function",
+    "index": 0,
+    "function": {"name": "f", "arguments": '{"a": 1}'},
+}
+COMPLETION = completion(
+    choices=[
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "hi", "tool_calls": [TOOL_CALL]},
+            "finish_reason": "tool_calls",
+            "logprobs": {"content": [{"token": "hi", "logprob": -0.1}]},
+        }
+    ]
+)
+THINKING = [
+    {"type": "thinking", "thinking": [{"type": "text", "text": "hm"}]},
+    {"type": "text", "text": "a"},
+]
+CHUNKS = [
+    orjson.loads(chunk({"role": "assistant", "content": ""})),
+    orjson.loads(chunk({"content": THINKING})),
+    orjson.loads(chunk({"tool_calls": [TOOL_CALL]})),
+    orjson.loads(chunk({}, "stop", usage=USAGE)),
+]
+ODD_HEADER_VALUES = [
+    "Mon, 01 Jan 99999999999999999999 00:00:00 GMT",
+    "Mon, 01 Jan 0000 00:00:00 GMT",
+    "1e999",
+    "-1",
+    "nan",
+    "0",
+    "",
+    "99999999999999999999999999",
+    "text/event-stream; charset=utf-16",
+    "application/json; charset=nope",
+    "multipart/mixed; boundary=",
+    "gzip",
+    "br",
+    "deflate, x",
+]
+HEADER_NAMES = [
+    "retry-after",
+    "retry-after-ms",
+    "content-type",
+    "content-encoding",
+    "set-cookie",
+    "x-ratelimit-remaining-tokens-minute",
+    "x-extra",
+]
+HEADER_TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=30)
+HEADERS = st.lists(
+    st.tuples(st.sampled_from(HEADER_NAMES), st.sampled_from(ODD_HEADER_VALUES) | HEADER_TEXT),
+    max_size=3,
+)
+STATUSES = st.sampled_from([200] * 6 + [400, 404, 422, 429, 500, 503, 299, 599])
+
+
+def paths_of(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            found += paths_of(inner, (*prefix, key))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            found += paths_of(inner, (*prefix, index))
+    return found
+
+
+def mutated_at(doc: Any, path: tuple[Any, ...], action: str, value: Any, name: str) -> Any:
+    """`doc` with the node at `path` replaced by `value`, deleted, or given an extra field."""
+    if not path:
+        if action == "extra" and isinstance(doc, dict):
+            return {**doc, name: value}
+        return value
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    if action == "delete":
+        del parent[path[-1]]
+    elif action == "extra" and isinstance(parent[path[-1]], dict):
+        parent[path[-1]][name] = value
+    else:
+        parent[path[-1]] = value
+    return doc
+
+
+@st.composite
+def malformed(draw: st.DrawFn, template: Any) -> Any:
+    """`template` with 0-3 nodes, anywhere, given a wrong type, removed or extended."""
+    doc = orjson.loads(orjson.dumps(template))
+    for _ in range(draw(st.integers(0, 3))):
+        path = draw(st.sampled_from(paths_of(doc)))
+        action = draw(st.sampled_from(["replace", "delete", "extra"]))
+        doc = mutated_at(doc, path, action, draw(JSON_VALUES), draw(st.text(max_size=4)))
+    return doc
+
+
+RAW_EVENTS = st.sampled_from(
+    [
+        {"raw": ": keep-alive\n\n"},
+        {"raw": "event: error\ndata: {}\n\n"},
+        {"raw": 'data: {"a\n\n'},
+        {"raw": "\r\n\r\n"},
+        {"raw": "data: [DONE]"},
+        {"raw": "id: \u0000\nretry: x\n\n"},
+        "[DONE]",
+        "",
+        "null",
+    ]
+)
+EVENT = malformed(CHUNKS[1]).map(lambda c: orjson.dumps(c).decode()) | RAW_EVENTS
+EVENTS = st.builds(
+    lambda chunks, extra, done: [*(orjson.dumps(c).decode() for c in chunks), *extra, *done],
+    st.tuples(*(malformed(c) for c in CHUNKS)),
+    st.lists(EVENT, max_size=3),
+    st.sampled_from([["[DONE]"], [], ["[DONE]", "junk after done"]]),
+)
+BODIES = (
+    malformed(COMPLETION).map(lambda c: {"body": orjson.dumps(c).decode()})
+    | st.text(max_size=40).map(lambda t: {"body": t})
+    | st.binary(max_size=40).map(lambda b: {"body_base64": base64.b64encode(b).decode()})
+    | st.just({"body": orjson.dumps(COMPLETION).decode()[:-7]})
+)
+
+
+@st.composite
+def scripted_lines(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """2-6 request lines, each answered by its own scripted reply (or a real one)."""
+    lines = []
+    for i in range(draw(st.integers(2, 6))):
+        stream = draw(st.booleans())
+        if draw(st.integers(0, 9)) == 0:
+            lines.append({**line(i), "stream": stream})  # the mock's own reply
+            continue
+        raw: dict[str, Any] = dict(draw(BODIES)) if draw(st.integers(0, 4)) == 0 else {}
+        if not raw:
+            raw = {"events": draw(EVENTS)} if stream else draw(BODIES)
+        raw["status"] = draw(STATUSES)
+        raw["headers"] = [list(pair) for pair in draw(HEADERS)]
+        lines.append({**line(i, raw), "stream": stream})
+    return lines
+
+
+PROPERTY_TIMEOUTS = Timeouts(read=5, stream_idle=5, stream_total=10)
+
+
+def check_hostile_lines(server: MockServer, lines: list[dict[str, Any]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_for(server, Path(tmp) / "out", lines, timeouts=PROPERTY_TIMEOUTS)
+        records = anyio.run(run_and_resume, config)[1]
+    kinds = {r["error"]["type"] for r in records if r["status"] == "error"}
+    assert kinds <= {
+        "invalid_response",
+        "stream_truncated",
+        "connection",
+        "timeout",
+        "http_status",
+        "rate_limited",
+    }
+
+
+@pytest.fixture(scope="module")
+def hostile_server() -> Iterator[MockServer]:
+    """One server for every hypothesis example (scripted replies keep no state)."""
+    with MockServer(MockConfig()) as server:
+        yield server
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=scripted_lines())
+def test_any_reply_ends_in_one_record_per_line(
+    hostile_server: MockServer, lines: list[dict[str, Any]]
+) -> None:
+    check_hostile_lines(hostile_server, lines)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=scripted_lines())
+def test_any_reply_soak(hostile_server: MockServer, lines: list[dict[str, Any]]) -> None:
+    check_hostile_lines(hostile_server, lines)
