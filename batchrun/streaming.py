@@ -252,18 +252,20 @@ class StreamDeadlines:
     `raise_if_expired()`. The idle deadline is moved at most every `idle_s / 10`, so it
     may fire up to that much late, and costs no timer per event."""
 
-    __slots__ = ("_end", "_idle_s", "_slack_s", "_total_s", "scope")
+    __slots__ = ("_due", "_end", "_idle_s", "_slack_s", "_total_s", "scope")
 
     def __init__(self, idle_s: float, total_s: float) -> None:
         now = anyio.current_time()
         self._idle_s, self._total_s, self._slack_s = idle_s, total_s, idle_s / 10
         self._end = now + total_s
-        self.scope = anyio.CancelScope(deadline=min(self._end, now + idle_s))
+        self._due = min(self._end, now + idle_s)
+        self.scope = anyio.CancelScope(deadline=self._due)
 
     def data_arrived(self) -> None:
-        now = anyio.current_time()
-        if self.scope.deadline < now + self._idle_s:
-            self.scope.deadline = min(self._end, now + self._idle_s + self._slack_s)
+        due = self._due
+        if due < self._end and due < anyio.current_time() + self._idle_s:
+            self._due = min(self._end, anyio.current_time() + self._idle_s + self._slack_s)
+            self.scope.deadline = self._due
 
     def raise_if_expired(self) -> None:
         """Timeout if the scope was cancelled by one of the deadlines."""
