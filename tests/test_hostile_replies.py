@@ -8,6 +8,7 @@ the stored records cannot poison later sessions either.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,14 +88,9 @@ async def run_and_resume(config: RunConfig) -> tuple[RunReport, list[dict[str, A
     with anyio.fail_after(60):
         report = await run_batch(config, api_key="k")
         records = check_outdir(config, report)
-        again = await run_batch(_with(config, retry_failed=True), api_key="k")
+        again = await run_batch(dataclasses.replace(config, retry_failed=True), api_key="k")
         check_outdir(config, again)
     return report, records
-
-
-def _with(config: RunConfig, **changes: Any) -> RunConfig:
-    fields = {name: getattr(config, name) for name in config.__dataclass_fields__}
-    return RunConfig(**{**fields, **changes})
 
 
 def check_outdir(config: RunConfig, report: RunReport) -> list[dict[str, Any]]:
@@ -475,6 +471,7 @@ def test_any_reply_ends_in_one_record_per_line(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=scripted_lines())
 def test_any_reply_soak(hostile_server: MockServer, lines: list[dict[str, Any]]) -> None:

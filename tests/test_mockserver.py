@@ -646,15 +646,28 @@ def test_endless_streams_never_finish(mock_server: Factory, fault: str) -> None:
         deadline, received = time.monotonic() + 0.5, b""
         while time.monotonic() < deadline:
             received += sock.recv(65536)
-    assert b"200 OK" in received and b"[DONE]" not in received
-    assert received.count(b": keep-alive") > 5 if fault == "keepalive" else True
-    if fault == "trickle":
-        data, _ = sse(received.partition(b"\r\n\r\n")[2].replace(b"\r\n", b"\n"))
-        chunks = [orjson.loads(d.strip().splitlines()[0]) for d in data if d.startswith("{")]
-        assert len(chunks) > 5
-        assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
+    head, _, framed = received.partition(b"\r\n\r\n")
+    events = whole_chunks(framed)
+    assert head.startswith(b"HTTP/1.1 200 OK") and len(events) > 5
+    if fault == "keepalive":
+        assert set(events) == {b": keep-alive\n\n"}
     else:
-        assert b"data:" not in received
+        chunks = [orjson.loads(event.removeprefix(b"data: ")) for event in events]
+        assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
+        assert all(c["choices"][0]["delta"]["content"].strip() for c in chunks)
+
+
+def whole_chunks(framed: bytes) -> list[bytes]:
+    """The complete chunks of a chunked body read so far (the last may be partial)."""
+    chunks = []
+    while b"\r\n" in framed:
+        size, _, rest = framed.partition(b"\r\n")
+        length = int(size, 16)
+        if len(rest) < length + 2:
+            break
+        chunks.append(rest[:length])
+        framed = rest[length + 2 :]
+    return chunks
 
 
 # --- connections -----------------------------------------------------------------------------
