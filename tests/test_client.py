@@ -173,9 +173,9 @@ async def test_cancellation_passes_through_untranslated(
     stream = orjson.dumps({**BODY, "stream": True, "metadata": {"mock": {"fault": "keepalive"}}})
     with anyio.fail_after(10):
         async with client_for(server) as client:
-            with anyio.move_on_after(0.3) as plain:
+            with anyio.move_on_after(0.1) as plain:
                 await client.complete(with_fault("hang"))
-            with anyio.move_on_after(0.3) as streamed:
+            with anyio.move_on_after(0.1) as streamed:
                 await client.complete(stream, stream=True)
     assert plain.cancelled_caught and streamed.cancelled_caught
 

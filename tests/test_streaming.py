@@ -327,16 +327,16 @@ async def test_only_events_with_data_count_as_progress() -> None:
 
 @pytest.mark.anyio
 async def test_stream_deadlines_fire_once_data_stops() -> None:
-    deadlines = StreamDeadlines(idle_s=0.2, total_s=5)
+    deadlines = StreamDeadlines(idle_s=0.1, total_s=5)
     with anyio.fail_after(5):
         with deadlines.scope:
-            for _ in range(6):  # 0.6 s of steady data: never idle
+            for _ in range(6):  # 0.3 s of steady data: never idle
                 deadlines.data_arrived()
-                await anyio.sleep(0.1)
+                await anyio.sleep(0.05)
             await anyio.sleep(5)
     with pytest.raises(Timeout, match="idle"):
         deadlines.raise_if_expired()
-    whole = StreamDeadlines(idle_s=5, total_s=0.3)
+    whole = StreamDeadlines(idle_s=5, total_s=0.15)
     with anyio.fail_after(5):
         with whole.scope:
             while True:
