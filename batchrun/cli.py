@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import shlex
 import sys
@@ -23,7 +24,14 @@ from rich.console import Console
 from rich.text import Text
 
 from ._version import __version__
-from .config import DEFAULT_API_KEY_ENV, DEFAULT_BASE_URL, RetryConfig, RunConfig, Timeouts
+from .config import (
+    DEFAULT_API_KEY_ENV,
+    DEFAULT_BASE_URL,
+    RetryConfig,
+    RunConfig,
+    Timeouts,
+    is_duration,
+)
 from .config import default_outdir as _default_outdir
 from .errors import BatchrunError
 from .mockserver import FAULT_KINDS, MockConfig, MockServer, serve
@@ -47,6 +55,26 @@ RESUME_FLAGS = (
     ("no_api_key", "--no-api-key"),
     ("allow_insecure_http", "--allow-insecure-http"),
 )
+
+
+class _Seconds(click.ParamType[float, "str | float"]):
+    """A duration flag: a finite number of seconds > 0, refused at parse time otherwise."""
+
+    name = "secs"
+
+    def convert(
+        self, value: str | float, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not is_duration(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds > 0", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
 
 
 @contextlib.contextmanager
@@ -114,14 +142,34 @@ def main() -> None:
 )
 @click.option("-c", "--concurrency", default=32, show_default=True, help="Requests in flight.")
 @click.option("--max-attempts", default=5, show_default=True, help="Attempts per line.")
-@click.option("--timeout", default=300.0, show_default=True, help="Read timeout, seconds.")
-@click.option("--connect-timeout", default=10.0, show_default=True, help="Seconds.")
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    default=300.0,
+    show_default=True,
+    help="Deadline for a whole non-streamed attempt, connect to last byte.",
+)
+@click.option(
+    "--connect-timeout",
+    type=SECONDS,
+    default=10.0,
+    show_default=True,
+    help="Deadline for opening a connection.",
+)
 @click.option("--stream", is_flag=True, help="Send every line as a streamed request (SSE).")
 @click.option(
     "--stream-idle-timeout",
+    type=SECONDS,
     default=60.0,
     show_default=True,
-    help="Max seconds of silence inside a stream.",
+    help="Max seconds a stream may go without an event carrying data (comments don't count).",
+)
+@click.option(
+    "--stream-timeout",
+    type=SECONDS,
+    default=600.0,
+    show_default=True,
+    help="Deadline for a whole streamed attempt.",
 )
 @click.option(
     "--base-url",
@@ -194,6 +242,7 @@ def run(
     connect_timeout: float,
     stream: bool,
     stream_idle_timeout: float,
+    stream_timeout: float,
     base_url: str,
     api_key_env: str,
     model: str | None,
@@ -257,7 +306,10 @@ def run(
                 "max_line_bytes": max_line_bytes,
                 "grace_period": grace_period,
                 "timeouts": Timeouts(
-                    connect=connect_timeout, read=timeout, stream_idle=stream_idle_timeout
+                    connect=connect_timeout,
+                    read=timeout,
+                    stream_idle=stream_idle_timeout,
+                    stream_total=stream_timeout,
                 ),
                 "retry": RetryConfig(max_attempts=max_attempts),
             },
@@ -346,22 +398,14 @@ FAULT_HELP = {
     "cut": "stream: stop halfway, no [DONE], connection closed (not streamed: drop)",
     "stall": "stream: go silent halfway, connection kept open (not streamed: hang)",
     "malformed": "stream: a non-JSON event halfway, then [DONE] (not streamed: invalid_json)",
+    "keepalive": "stream: `: keep-alive` comments only, forever (not streamed: hang)",
+    "trickle": "stream: one word at a time, forever (not streamed: hang)",
     "echo_headers": "400 whose JSON body echoes the request's headers, key included",
 }
 
 
-def _mock_help() -> str:
-    width = max(map(len, FAULT_KINDS))
-    # .get: a kind added without its line must not break the whole CLI (a test catches it)
-    kinds = "\n".join(f"  {kind:<{width}}  {FAULT_HELP.get(kind, '')}" for kind in FAULT_KINDS)
-    return f"""Serve a Mistral-compatible chat API on HOST:PORT, with faults on demand.
-
-\b
-Fault kinds (--fault KIND for every request, --fail-rate for a random transient one):
-{kinds}
-
-\b
-Per request, in the body: "metadata": {{"mock": {{...}}}} with
+MOCK_DIRECTIVES = """\b
+Per request, in the body: "metadata": {"mock": {...}} with
   fault            a KIND for this request
   times            apply the fault to the first N arrivals of this exact body only
   latency_ms       extra latency for this request
@@ -369,6 +413,12 @@ Per request, in the body: "metadata": {{"mock": {{...}}}} with
   chunk_delay_ms   delay between streamed chunks
   retry_after      Retry-After seconds on this request's 429
   retry_after_ms   retry-after-ms header on this request's 429
+  drip_ms          send the reply one byte every N ms
+  raw              script the whole reply: {"status": S, "headers": [[NAME, VALUE], ...],
+                   "body": TEXT} (or "body_base64"), or "events": [DATA, {"raw": TEXT}]
+                   for an event stream (a string goes out as `data: DATA`, a raw item
+                   verbatim); CR/LF in a header value, framing headers and bodiless
+                   statuses are answered 400
 or the headers `x-mock-fault: KIND` and `x-mock-fault-times: N` (they win over the
 body's fault). An unknown kind is answered 400.
 
@@ -377,6 +427,17 @@ Examples:
   batchrun mock-server --port 8089 --latency-ms 200
   batchrun mock-server --fail-rate 0.1 --fault 429 --retry-after 0.5
 """
+
+
+def _mock_help() -> str:
+    width = max(map(len, FAULT_KINDS))
+    # .get: a kind added without its line must not break the whole CLI (a test catches it)
+    kinds = "\n".join(f"  {kind:<{width}}  {FAULT_HELP.get(kind, '')}" for kind in FAULT_KINDS)
+    return (
+        "Serve a Mistral-compatible chat API on HOST:PORT, with faults on demand.\n\n\b\n"
+        "Fault kinds (--fault KIND for every request, --fail-rate for a random transient one):\n"
+        f"{kinds}\n\n{MOCK_DIRECTIVES}"
+    )
 
 
 @main.command("mock-server", context_settings=CONTEXT, help=_mock_help())

@@ -1,7 +1,9 @@
 """HTTP: one shared aiohttp session, one request sent, its outcome classified.
 
-Every foreign exception and every non-200 status is translated here, at one boundary,
-into the batchrun error tree, so the retry policy only has to ask "transient or not".
+Every foreign exception and every non-200 status is translated here, at one boundary
+(`ChatClient.complete`), into the batchrun error tree, so the retry policy only has to
+ask "transient or not". Every byte a server sends is untrusted: a reply that is not a
+usable completion is a BadResponse, an unusable header is ignored.
 Why aiohttp and not httpx: see docs/architecture.md ("Transport choice", measured).
 """
 
@@ -23,6 +25,7 @@ from ._version import __version__
 from .config import Timeouts, is_loopback
 from .errors import (
     AUTH_STATUSES,
+    BODY_EXCERPT_BYTES,
     AuthError,
     BadResponse,
     ClientError,
@@ -33,7 +36,7 @@ from .errors import (
     Timeout,
     TransportFailure,
 )
-from .streaming import read_completion_stream
+from .streaming import StreamDeadlines, read_completion_stream
 
 __all__ = ["ChatClient", "Reply", "classify_status", "parse_retry_after"]
 
@@ -56,6 +59,7 @@ class ChatClient:
     def __init__(self, endpoint: str, api_key: str | None, *, concurrency: int, timeouts: Timeouts):
         self._endpoint = endpoint
         self._concurrency = concurrency
+        self._timeouts = timeouts
         self._headers = {
             "content-type": "application/json",
             "user-agent": f"batchrun/{__version__}",
@@ -63,15 +67,17 @@ class ChatClient:
         if api_key:  # None or empty: a server without authentication gets no header
             bearer = api_key if api_key.startswith("Bearer ") else f"Bearer {api_key}"
             self._headers["authorization"] = bearer
-        # sock_read bounds the silence between two reads: the whole reply for a plain
-        # request, the gap between events for a stream. `connect` includes the wait
-        # for a pooled connection, which never happens: the pool is as large as the
-        # worker count.
+        # `total` bounds a whole non-streamed attempt, connect to last byte: a server
+        # dripping one byte at a time must not hold a worker past --timeout. `connect`
+        # includes the wait for a pooled connection, which never happens: the pool is
+        # as large as the worker count.
         self._timeout = aiohttp.ClientTimeout(
-            connect=timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.read
+            total=timeouts.read, connect=timeouts.connect, sock_connect=timeouts.connect
         )
+        # A stream's deadlines count events, not bytes (a keep-alive comment is not
+        # progress): StreamDeadlines enforces them, aiohttp only the connect bound.
         self._stream_timeout = aiohttp.ClientTimeout(
-            connect=timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.stream_idle
+            total=None, connect=timeouts.connect, sock_connect=timeouts.connect
         )
         self._session: aiohttp.ClientSession | None = None
 
@@ -83,6 +89,8 @@ class ChatClient:
             timeout=self._timeout,
             # Proxies from the environment apply to remote APIs, never to this machine.
             trust_env=not is_loopback(host),
+            # Nothing a server sets may come back in later requests.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
 
@@ -96,23 +104,26 @@ class ChatClient:
             await self._session.close()
 
     async def complete(self, payload: bytes, *, stream: bool = False) -> Reply:
-        """Send one request; return the parsed reply or raise a `RequestFailed`."""
+        """Send one request; return the parsed reply or raise a `RequestFailed`.
+
+        The one exception boundary: whatever the transport or a hostile reply raises
+        becomes a `RequestFailed` here (see `_translated`); cancellation passes."""
         session = self._session
         assert session is not None, "use ChatClient as an async context manager"
-        if stream:
-            return await self._complete_streamed(session, payload)
         try:
+            if stream:
+                return await self._complete_streamed(session, payload)
             async with session.post(
                 self._endpoint, data=payload, headers=ACCEPT_JSON, allow_redirects=False
             ) as response:
+                if response.status != 200:
+                    raise await _status_error(response)
                 body = await response.read()
-        except TimeoutError as exc:
-            raise Timeout(_describe(exc)) from exc
-        except aiohttp.ClientError as exc:
-            raise TransportFailure(_describe(exc)) from exc
-        if response.status != 200:
-            raise classify_status(response.status, body, response.headers)
-        return Reply(parse_completion(body))
+            return Reply(parse_completion(body))
+        except RequestFailed:
+            raise
+        except Exception as exc:
+            raise self._translated(exc, stream) from exc
 
     async def _complete_streamed(self, session: aiohttp.ClientSession, payload: bytes) -> Reply:
         started = time.perf_counter()
@@ -121,7 +132,8 @@ class ChatClient:
         def on_first_output() -> None:
             first_output.append(time.perf_counter() - started)
 
-        try:
+        deadlines = StreamDeadlines(self._timeouts.stream_idle, self._timeouts.stream_total)
+        with deadlines.scope:
             async with session.post(
                 self._endpoint,
                 data=payload,
@@ -130,26 +142,36 @@ class ChatClient:
                 timeout=self._stream_timeout,
             ) as response:
                 if response.status != 200:
-                    body = await response.read()
-                    raise classify_status(response.status, body, response.headers)
-                completion = await self._read_stream(response, on_first_output)
-        except TimeoutError as exc:
-            raise Timeout(_describe(exc)) from exc
-        except aiohttp.ClientError as exc:
-            raise TransportFailure(_describe(exc)) from exc
+                    raise await _status_error(response)
+                completion = await read_completion_stream(
+                    response.content.iter_any(), on_first_output, deadlines.data_arrived
+                )
+        deadlines.raise_if_expired()
         _check_finish(completion)
         return Reply(completion, first_output[0] if first_output else None)
 
-    @staticmethod
-    async def _read_stream(
-        response: aiohttp.ClientResponse, on_first_output: Any
-    ) -> dict[str, Any]:
-        try:
-            return await read_completion_stream(response.content.iter_any(), on_first_output)
-        except TimeoutError as exc:
-            raise Timeout(f"stream idle: {_describe(exc)}") from exc
-        except aiohttp.ClientError as exc:
-            raise StreamTruncated(f"connection lost mid-stream: {_describe(exc)}") from exc
+    def _translated(self, exc: Exception, stream: bool) -> RequestFailed:
+        """Map anything the transport or a hostile reply raised onto the error tree."""
+        if isinstance(exc, TimeoutError):
+            # aiohttp's `total` deadline raises a bare TimeoutError; connect timeouts say so.
+            return Timeout(str(exc) or f"no complete reply within {self._timeouts.read:g} s")
+        if stream and isinstance(exc, aiohttp.ClientPayloadError):
+            return StreamTruncated(f"connection lost mid-stream: {_describe(exc)}")
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            return TransportFailure(_describe(exc))
+        # Parser, decoding and arithmetic errors a malformed reply can provoke.
+        return BadResponse(f"unusable reply: {_describe(exc)}")
+
+
+async def _status_error(response: aiohttp.ClientResponse) -> RequestFailed:
+    """The error for a non-200 reply, reading no more of its body than a record keeps."""
+    excerpt = b""
+    while len(excerpt) < BODY_EXCERPT_BYTES:
+        piece = await response.content.read(BODY_EXCERPT_BYTES - len(excerpt))
+        if not piece:
+            break
+        excerpt += piece
+    return classify_status(response.status, excerpt, response.headers)
 
 
 def _describe(exc: BaseException) -> str:
@@ -196,23 +218,32 @@ def _finite(text: str | None) -> float | None:
 def _seconds_until(http_date: str, now: float) -> float | None:
     try:
         return parsedate_to_datetime(http_date).timestamp() - now
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # e.g. year 10**20
         return None
 
 
 def parse_completion(body: bytes) -> dict[str, Any]:
-    """A 200 body must be a JSON object with choices; anything else is retried."""
+    """A 200 body is usable when it is a JSON object whose `choices` is a non-empty list
+    of objects, each carrying a `message` object. That is all a record reader may rely
+    on; every other field is kept verbatim, whatever its type. Anything less is a
+    BadResponse, retried like a 5xx."""
     try:
         completion = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadResponse(f"200 reply is not valid JSON ({exc.msg})") from None
-    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
+    if not isinstance(completion, dict):
+        raise BadResponse("200 reply is not a chat completion (not a JSON object)")
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices:
         raise BadResponse("200 reply is not a chat completion (no choices list)")
+    for choice in choices:
+        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+            raise BadResponse("200 reply is not a chat completion (a choice has no message)")
     _check_finish(completion)
     return completion
 
 
 def _check_finish(completion: dict[str, Any]) -> None:
-    for choice in completion.get("choices") or ():
-        if isinstance(choice, dict) and choice.get("finish_reason") == "error":
+    for choice in completion["choices"]:
+        if choice.get("finish_reason") == "error":
             raise BadResponse("the server reported finish_reason 'error' mid-generation")

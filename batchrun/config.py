@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,39 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. `read` bounds a whole non-streamed reply's wait between bytes; for a
-    stream, `stream_idle` bounds the silence between two events."""
+    """Seconds, each finite and > 0 (ConfigError otherwise).
+
+    `read` bounds a whole non-streamed attempt, connect to last byte (--timeout). For a
+    stream, `stream_idle` bounds the time since the last event that carried data
+    (keep-alive comments do not count) and `stream_total` the whole stream. `connect`
+    bounds opening a connection, in both."""
 
     connect: float = 10.0
     read: float = 300.0
     stream_idle: float = 60.0
+    stream_total: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name, flag in TIMEOUT_FLAGS.items():
+            value = getattr(self, name)
+            if not is_duration(value):
+                raise ConfigError(f"{flag} must be a finite number of seconds > 0, got {value!r}")
+
+
+# The CLI flag of each Timeouts field, for messages that name what the user typed.
+TIMEOUT_FLAGS = {
+    "connect": "--connect-timeout",
+    "read": "--timeout",
+    "stream_idle": "--stream-idle-timeout",
+    "stream_total": "--stream-timeout",
+}
+
+
+def is_duration(value: object) -> bool:
+    """A usable timeout: a real number of seconds, finite and > 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value > 0
 
 
 @dataclass(frozen=True)

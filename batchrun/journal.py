@@ -301,7 +301,9 @@ def _needs_redo(record: dict[str, Any], retry_failed: bool) -> bool:
     error = record.get("error")
     if record.get("status") != "error" or not isinstance(error, dict):
         return False
-    if error.get("status_code") in AUTH_STATUSES or error.get("type") == "connection":
+    # A hand-edited or foreign record may hold anything: only an int can be a status.
+    status = error.get("status_code")
+    if (isinstance(status, int) and status in AUTH_STATUSES) or error.get("type") == "connection":
         return True
     return retry_failed and error.get("retryable") is True
 

@@ -1,15 +1,22 @@
 """The mock server's config and shared state: which fault and delay each request gets
 (header, body, config, fail_rate), the request log and the rate-limit counters.
 
+Besides faults, a request may script its whole reply (`metadata.mock.raw`: status,
+headers, body or events, checked here so the HTTP framing stays intact) and have any
+reply dripped one byte at a time (`metadata.mock.drip_ms`).
+
 No sockets here: mockserver.py owns HTTP, mockreply.py what replies say.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import itertools
 import math
 import random
+import string
 import threading
 import time
 from dataclasses import dataclass
@@ -18,12 +25,14 @@ from typing import IO, Any
 
 import orjson
 
-from .mockreply import error_body, rate_limit_headers, unauthorized_body
+from .mockreply import RawReply, error_body, rate_limit_headers, unauthorized_body
 
 __all__ = ["FAULT_KINDS", "MockConfig", "MockState", "Plan"]
 
 STATUS_FAULTS = ("429", "408", "409", "500", "502", "503", "504", "400", "401", "403", "404", "422")
-STREAM_FAULTS = ("cut", "stall", "malformed")
+# keepalive: a 200 stream of `: keep-alive` comments only; trickle: one word at a time,
+# forever. Both never end by themselves: they exist to test the client's deadlines.
+STREAM_FAULTS = ("cut", "stall", "malformed", "keepalive", "trickle")
 FAULT_KINDS: tuple[str, ...] = (
     *STATUS_FAULTS,
     *("drop", "hang", "invalid_json", "redirect"),
@@ -31,7 +40,13 @@ FAULT_KINDS: tuple[str, ...] = (
     "echo_headers",  # a 400 whose body echoes the request headers, as a server in the wild did
 )
 RANDOM_FAULTS = ("500", "503", "429", "drop")  # what `fail_rate` draws from: all transient
-NON_STREAM_TWIN = {"cut": "drop", "stall": "hang", "malformed": "invalid_json"}
+NON_STREAM_TWIN = {
+    "cut": "drop",
+    "stall": "hang",
+    "malformed": "invalid_json",
+    "keepalive": "hang",
+    "trickle": "hang",
+}
 RATE_LIMITS = (100_000, 50_000_000)  # (requests, tokens) per minute, as advertised
 
 
@@ -69,6 +84,8 @@ class Plan:
     chunk_delay_s: float = 0.0
     retry_after: float = 1.0
     retry_after_ms: float | None = None
+    raw: RawReply | None = None  # a scripted reply, sent as it is
+    drip_s: float = 0.0  # write the reply one byte at a time, this far apart
 
 
 class MockState:
@@ -137,8 +154,15 @@ class MockState:
             wish = read_directives(body, headers)
         except BadDirective as exc:
             return Plan(delay_ms / 1000, error=(400, error_body(400, str(exc))))
+        if wish.raw is not None and self._applies(wish, raw):
+            return Plan(
+                (delay_ms + wish.latency_ms) / 1000,
+                raw=wish.raw,
+                chunk_delay_s=(wish.chunk_delay_ms or 0.0) / 1000,
+                drip_s=(wish.drip_ms or 0.0) / 1000,
+            )
         stream = body.get("stream") is True
-        fault = self._fault(wish, raw)
+        fault = self._fault(wish, raw) if wish.raw is None else None
         if not stream:
             fault = NON_STREAM_TWIN.get(fault or "", fault)
         chunk_delay_ms = wish.chunk_delay_ms
@@ -152,12 +176,17 @@ class MockState:
             chunk_delay_s=chunk_delay_ms / 1000,
             retry_after=config.retry_after_s if wish.retry_after is None else wish.retry_after,
             retry_after_ms=wish.retry_after_ms,
+            drip_s=(wish.drip_ms or 0.0) / 1000,
         )
+
+    def _applies(self, wish: Directives, raw: bytes) -> bool:
+        """A request's own fault or raw reply holds for its first `times` arrivals."""
+        return wish.times is None or self._arrival(raw) <= wish.times
 
     def _fault(self, wish: Directives, raw: bytes) -> str | None:
         """The request's own fault (within its `times`), else the config's, else `fail_rate`."""
         if wish.fault is not None:
-            return wish.fault if wish.times is None or self._arrival(raw) <= wish.times else None
+            return wish.fault if self._applies(wish, raw) else None
         if self.config.fault is not None:
             return self.config.fault
         if self.config.fail_rate and self.rng.random() < self.config.fail_rate:
@@ -195,11 +224,16 @@ class Directives:
     chunk_delay_ms: float | None = None
     retry_after: float | None = None
     retry_after_ms: float | None = None
+    raw: RawReply | None = None
+    drip_ms: float | None = None
 
 
 def read_directives(request: dict[str, Any], headers: dict[str, str]) -> Directives:
     """`x-mock-fault` (+ `x-mock-fault-times`) headers win over `metadata.mock`, whose
-    timing keys apply with or without a fault. Raises BadDirective."""
+    timing keys apply with or without a fault. Raises BadDirective.
+
+    `metadata.mock.raw` scripts the whole reply instead (see `read_raw`); `times` then
+    counts it like a fault, and a normal completion follows."""
     metadata = request.get("metadata")
     mock = metadata.get("mock") if isinstance(metadata, dict) else None
     mock = mock if isinstance(mock, dict) else {}
@@ -210,16 +244,105 @@ def read_directives(request: dict[str, Any], headers: dict[str, str]) -> Directi
         fault, times = mock.get("fault"), mock.get("times")
     if fault is not None and fault not in FAULT_KINDS:
         raise BadDirective(f"unknown mock fault {fault!r}; one of {', '.join(FAULT_KINDS)}")
+    raw = read_raw(mock["raw"]) if "raw" in mock else None
+    if raw is not None and fault is not None:
+        raise BadDirective("a mock request takes a fault or a raw reply, not both")
     chunks = _number(mock.get("chunks"))
+    scripted = fault is not None or raw is not None
     return Directives(
         fault=str(fault) if fault is not None else None,
-        times=_count(times) if fault is not None and times is not None else None,
+        times=_count(times) if scripted and times is not None else None,
         latency_ms=_number(mock.get("latency_ms")) or 0.0,
         chunks=max(1, int(chunks)) if chunks is not None else None,
         chunk_delay_ms=_number(mock.get("chunk_delay_ms")),
         retry_after=_number(mock.get("retry_after")),
         retry_after_ms=_number(mock.get("retry_after_ms")),
+        raw=raw,
+        drip_ms=_number(mock.get("drip_ms")),
     )
+
+
+# --- scripted raw replies ---------------------------------------------------------------------
+
+# Header names the mock frames the reply with: a scripted one would break the framing.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+TOKEN_CHARS = frozenset((string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~").encode())
+CONTROL_BYTES = frozenset({*range(32), 127}) - {9}  # tab is allowed in a value
+NO_BODY_STATUSES = frozenset({204, 205, 304})
+
+
+def read_raw(spec: object) -> RawReply:
+    """`{"status": 200, "headers": [[name, value], ...], "body": "text" | "body_base64":
+    "...", "events": ["data payload" | {"raw": "event text"}, ...]}`, every key optional.
+
+    `body` is sent with a Content-Length (UTF-8; `body_base64` for any bytes); `events`
+    makes a chunked event stream instead, each item one HTTP chunk: a string is sent as
+    `data: <it>\n\n`, `{"raw": text}` verbatim (comments, `event:` lines, half events).
+    Content-Type defaults to application/json or text/event-stream. Anything that would
+    break HTTP/1.1 framing (CR/LF/NUL in a header, a framing header, a status without a
+    body) is a BadDirective, answered 400."""
+    if not isinstance(spec, dict):
+        raise BadDirective("mock raw must be an object")
+    status = spec.get("status", 200)
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise BadDirective(f"mock raw status must be an integer in 200..599, not {status!r}")
+    if status in NO_BODY_STATUSES:
+        raise BadDirective(f"mock raw status {status} cannot carry a body")
+    if "body" in spec and "events" in spec:
+        raise BadDirective("mock raw takes a body or events, not both")
+    events = spec.get("events")
+    return RawReply(
+        status=status,
+        headers=_raw_headers(spec.get("headers", [])),
+        body=_raw_body(spec),
+        events=None if events is None else tuple(_raw_event(e) for e in _list(events, "events")),
+    )
+
+
+def _list(value: object, name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadDirective(f"mock raw {name} must be a list")
+    return value
+
+
+def _raw_headers(pairs: object) -> bytes:
+    return b"".join(map(_raw_header, _list(pairs, "headers")))
+
+
+def _raw_header(pair: object) -> bytes:
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+        raise BadDirective(f"mock raw header must be [name, value] strings, not {pair!r}")
+    name, value = pair[0].lower().encode(), pair[1].encode("utf-8", "surrogatepass")
+    if not name or not set(name) <= TOKEN_CHARS or name.decode() in FRAMING_HEADERS:
+        raise BadDirective(f"mock raw header name {pair[0]!r} is not allowed")
+    if not CONTROL_BYTES.isdisjoint(value):  # CR/LF would end the head early
+        raise BadDirective(f"mock raw header {pair[0]!r} has a control character in its value")
+    return b"%s: %s\r\n" % (name, value)
+
+
+def _raw_body(spec: dict[str, Any]) -> bytes:
+    body, encoded = spec.get("body"), spec.get("body_base64")
+    if body is not None and encoded is not None:
+        raise BadDirective("mock raw takes body or body_base64, not both")
+    if encoded is not None:
+        try:
+            return base64.b64decode(str(encoded), validate=True)
+        except binascii.Error:
+            raise BadDirective("mock raw body_base64 is not base64") from None
+    if body is None:
+        return b""
+    if not isinstance(body, str):
+        raise BadDirective("mock raw body must be a string")
+    return body.encode("utf-8", "surrogatepass")
+
+
+def _raw_event(item: object) -> bytes:
+    if isinstance(item, str):
+        return b"data: %s\n\n" % item.encode("utf-8", "surrogatepass")
+    text = item.get("raw") if isinstance(item, dict) else None
+    if isinstance(text, str):
+        return text.encode("utf-8", "surrogatepass")
+    raise BadDirective(f'mock raw event must be a string or {{"raw": text}}, not {item!r}')
 
 
 def _number(value: object) -> float | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -295,6 +296,56 @@ def stream_head(extra: bytes, keep_alive: bool) -> bytes:
 
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+# --- scripted raw replies -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RawReply:
+    """A reply a test scripted byte for byte (`metadata.mock.raw`), already checked by
+    mockfaults.py to keep the HTTP framing intact: the mock still writes the framing
+    headers (content-length or chunked, connection) itself."""
+
+    status: int
+    headers: bytes  # framed header lines, each ending in CRLF
+    body: bytes = b""
+    events: tuple[bytes, ...] | None = None  # wire text of each event, one HTTP chunk each
+
+
+def raw_response(raw: RawReply, keep_alive: bool) -> bytes:
+    """The whole reply: a Content-Length body, or an event stream in chunked encoding."""
+    connection = b"keep-alive" if keep_alive else b"close"
+    status_line = STATUS_LINES.get(raw.status) or b"HTTP/1.1 %d Scripted\r\n" % raw.status
+    if raw.events is None:
+        length = b"content-length: %d\r\n" % len(raw.body)
+        default_type = JSON_TYPE
+    else:
+        length = b"transfer-encoding: chunked\r\n"
+        default_type = EVENTS_TYPE
+    has_type = b"\ncontent-type:" in b"\n" + raw.headers.lower()
+    content_type = b"" if has_type else b"content-type: %s\r\n" % default_type
+    head = b"%s%s%s%sconnection: %s\r\n\r\n" % (
+        status_line,
+        content_type,
+        raw.headers,
+        length,
+        connection,
+    )
+    if raw.events is None:
+        return head + raw.body
+    return head + b"".join(chunk(event) for event in raw.events if event) + b"0\r\n\r\n"
+
+
+def keep_alive_event() -> bytes:
+    return chunk(b": keep-alive\n\n")
+
+
+def trickle_event(reply: dict[str, Any], position: int) -> bytes:
+    """The `position`-th piece of a stream that never ends: one word, no finish_reason."""
+    head = {"id": reply["id"], "object": "chat.completion.chunk", "model": reply["model"]}
+    delta = {"content": WORDS[position % len(WORDS)] + " "}
+    return chunk(_event(head, 0, delta, None))
 
 
 def rate_limit_headers(limits: tuple[int, int], used: tuple[int, int], cost: int) -> bytes:

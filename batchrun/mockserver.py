@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -27,12 +28,15 @@ from .mockreply import (
     chunk,
     completion,
     error_body,
+    keep_alive_event,
     parse_chat,
+    raw_response,
     reply_key,
     response,
     retry_headers,
     stream_events,
     stream_head,
+    trickle_event,
 )
 
 __all__ = ["FAULT_KINDS", "MockConfig", "MockServer", "serve"]
@@ -43,6 +47,7 @@ DEFAULT_CONFIG = MockConfig()
 MAX_HEAD, MAX_BODY = 64 * 1024, 64 * 1024 * 1024
 BACKLOG = 2048  # a burst of >= 1000 new connections must not be refused
 START_TIMEOUT_S = STOP_TIMEOUT_S = 10.0
+ENDLESS_INTERVAL_S = 0.1  # keepalive/trickle streams without a chunk delay of their own
 
 
 @dataclass(slots=True)
@@ -55,6 +60,7 @@ class _Request:
     length: int  # Content-Length
     body: bytes = b""
     continued: bool = False  # "100 Continue" already sent
+    drip_s: float = 0.0  # the reply goes out one byte at a time, this far apart
 
 
 class _Unreadable(Exception):
@@ -192,6 +198,10 @@ class _Connection(asyncio.Protocol):
         body, invalid = parse_chat(request.body)
         plan = self._state.plan(request.headers, request.body, body, invalid)
         self._state.record(body, plan.fault, body is not None and body.get("stream") is True)
+        request.drip_s = plan.drip_s
+        if plan.raw is not None and plan.raw.events is not None and plan.chunk_delay_s:
+            self.task = asyncio.get_running_loop().create_task(self._raw_stream(plan))
+            return None
         if plan.delay_s > 0 or plan.stream:
             self.task = asyncio.get_running_loop().create_task(self._later(request, body, plan))
             return None
@@ -211,6 +221,8 @@ class _Connection(asyncio.Protocol):
         fault, rate_headers = plan.fault, self._state.rate_headers
         if plan.error is not None:
             return self._respond(plan.error[0], plan.error[1], rate_headers(0))
+        if plan.raw is not None:
+            return self._send(raw_response(plan.raw, self._keep_alive()))
         if fault is None and body is not None:
             reply = completion(body, reply_key(body))
             headers = rate_headers(reply["usage"]["total_tokens"])
@@ -242,7 +254,12 @@ class _Connection(asyncio.Protocol):
         reply = completion(body, reply_key(body))
         events = stream_events(reply, plan.chunks)
         headers = self._state.rate_headers(reply["usage"]["total_tokens"])
-        self._write(stream_head(headers, self._keep_alive()))
+        head = stream_head(headers, self._keep_alive())
+        if plan.fault in ("keepalive", "trickle"):
+            return await self._endless(head, reply, plan)
+        if plan.drip_s > 0:  # chunk delays and stream faults give way to the drip
+            return self._send(head + b"".join(map(chunk, events)) + b"0\r\n\r\n")
+        self._write(head)
         broken_at = max(2, len(events) // 2)
         for position, event in enumerate(events):
             if position == broken_at and plan.fault is not None:
@@ -253,6 +270,30 @@ class _Connection(asyncio.Protocol):
         self._write(b"0\r\n\r\n")
         return self._finished()
 
+    async def _endless(self, head: bytes, reply: dict[str, Any], plan: Plan) -> None:
+        """A 200 stream that never ends: comments only, or one word at a time. It stops
+        when the client hangs up (connection_lost cancels this task)."""
+        self._write(head)
+        interval = plan.chunk_delay_s or ENDLESS_INTERVAL_S
+        for position in itertools.count():
+            keepalive = plan.fault == "keepalive"
+            self._write(keep_alive_event() if keepalive else trickle_event(reply, position))
+            await asyncio.sleep(interval)
+
+    async def _raw_stream(self, plan: Plan) -> None:
+        """A scripted event stream with `chunk_delay_ms` between its events."""
+        assert plan.raw is not None and plan.raw.events is not None
+        if plan.delay_s > 0:
+            await asyncio.sleep(plan.delay_s)
+        head = raw_response(replace(plan.raw, events=()), self._keep_alive())
+        self._write(head.removesuffix(b"0\r\n\r\n"))
+        for position, event in enumerate(plan.raw.events):
+            if position:
+                await asyncio.sleep(plan.chunk_delay_s)
+            self._write(chunk(event) if event else b"")
+        self._write(b"0\r\n\r\n")
+        self._finished()
+
     def _break_stream(self, fault: str) -> None:
         if fault == "cut":
             return self.abort()  # no [DONE], no terminating chunk: a truncated body
@@ -262,7 +303,22 @@ class _Connection(asyncio.Protocol):
         return None  # "stall": stop sending but keep the connection open
 
     def _respond(self, status: int, body: bytes, extra: bytes = b"") -> None:
-        self._write(response(status, body, extra, self._keep_alive()))
+        self._send(response(status, body, extra, self._keep_alive()))
+
+    def _send(self, data: bytes) -> None:
+        """Send a whole reply and finish the request, dripped if the request asked."""
+        drip_s = self._current.drip_s if self._current is not None else 0.0
+        if drip_s <= 0:
+            self._write(data)
+            return self._finished()
+        self.task = asyncio.get_running_loop().create_task(self._drip(data, drip_s))
+        return None
+
+    async def _drip(self, data: bytes, interval: float) -> None:
+        for position in range(len(data)):
+            if position:
+                await asyncio.sleep(interval)
+            self._write(data[position : position + 1])
         self._finished()
 
     def _keep_alive(self) -> bool:

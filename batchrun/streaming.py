@@ -1,7 +1,9 @@
-"""Streamed replies: CompletionChunk events reassembled into one ChatCompletionResponse.
+"""Streamed replies: CompletionChunk events reassembled into one ChatCompletionResponse,
+and the deadlines of a streamed attempt.
 
 A streamed line must end in a record shaped exactly like a non-streamed one, or in a
-retryable `StreamTruncated`: never in a half-written success.
+retryable `StreamTruncated` or `Timeout`: never in a half-written success. Chunks are
+untrusted: a field of the wrong type is skipped, never raised on.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import anyio
 import orjson
 
-from .errors import StreamTruncated
+from .errors import StreamTruncated, Timeout
 from .sse import SSEDecoder, SSEEvent
 
-__all__ = ["StreamAssembler", "read_completion_stream"]
+__all__ = ["StreamAssembler", "StreamDeadlines", "read_completion_stream"]
 
 DONE = "[DONE]"
 EXCERPT_CHARS = 300  # of a server's error text in our message: enough to act on, bounded
@@ -240,12 +243,52 @@ class StreamAssembler:
         }
 
 
+class StreamDeadlines:
+    """A streamed attempt's two deadlines on one cancel scope: `idle_s` since the last
+    event that carried data (keep-alive comments and half-received events are not
+    progress) and `total_s` for the whole attempt, connect included.
+
+    Enter `scope` around the attempt, call `data_arrived()` per event, then
+    `raise_if_expired()`. The idle deadline is moved at most every `idle_s / 10`, so it
+    may fire up to that much late, and costs no timer per event."""
+
+    __slots__ = ("_due", "_end", "_idle_s", "_slack_s", "_total_s", "scope")
+
+    def __init__(self, idle_s: float, total_s: float) -> None:
+        now = anyio.current_time()
+        self._idle_s, self._total_s, self._slack_s = idle_s, total_s, idle_s / 10
+        self._end = now + total_s
+        self._due = min(self._end, now + idle_s)
+        self.scope = anyio.CancelScope(deadline=self._due)
+
+    def data_arrived(self) -> None:
+        due = self._due
+        if due < self._end and due < anyio.current_time() + self._idle_s:
+            self._due = min(self._end, anyio.current_time() + self._idle_s + self._slack_s)
+            self.scope.deadline = self._due
+
+    def raise_if_expired(self) -> None:
+        """Timeout if the scope was cancelled by one of the deadlines."""
+        if not self.scope.cancelled_caught:
+            return
+        if anyio.current_time() >= self._end:
+            raise Timeout(f"stream not finished within {self._total_s:g} s (--stream-timeout)")
+        raise Timeout(f"stream idle: no data for {self._idle_s:g} s (--stream-idle-timeout)")
+
+
+def _nothing() -> None:
+    pass
+
+
 async def read_completion_stream(
-    chunks: AsyncIterator[bytes], on_first_output: Callable[[], None]
+    chunks: AsyncIterator[bytes],
+    on_first_output: Callable[[], None],
+    on_event: Callable[[], None] = _nothing,
 ) -> dict[str, Any]:
     """Consume a text/event-stream body up to `data: [DONE]` and return the response.
 
-    Calls `on_first_output()` once, when the first generated output arrives. Raises
+    Calls `on_first_output()` once, when the first generated output arrives, and
+    `on_event()` for every event that carries data (comments carry none). Raises
     StreamTruncated for a body that ends before [DONE], a malformed or error event, or a
     stream with no finish_reason; the caller retries the whole request. Nothing after
     [DONE] is read."""
@@ -254,6 +297,7 @@ async def read_completion_stream(
     waiting_for_output = True
     async for piece in chunks:
         for event in decoder.feed(piece):
+            on_event()
             if event.data == DONE and event.event != "error":
                 return assembler.finish()
             if assembler.add(_chunk_of(event)) and waiting_for_output:

@@ -1,7 +1,19 @@
 """summary.json: counts, tokens per model, latency and TTFT percentiles, throughput.
 
 Built from results.jsonl at the end of every session, so it always describes the whole
-batch (all sessions), never just the part this process happened to run.
+batch (all sessions), never just the part this process happened to run. A record may
+hold any JSON shape (a server's reply is kept verbatim, old files may be edited): a
+field of the wrong type counts as absent, never as an error.
+
+Rates mean what they say:
+* `session.requests_per_s` is requests sent by this session (retries included) per
+  second of wall time, and `session.lines_per_s` lines it completed per second; each is
+  null when there is nothing to count (a session that sent nothing has no request rate).
+* `decode_tokens_per_s` is per streamed record: (completion_tokens - 1) / (latency -
+  ttft), the pace of the tokens after the first. A record counts only when that output
+  took at least MIN_DECODE_MS to arrive: a shorter span measures how fast this process
+  read its socket (a server that sends every chunk at once), not how fast the model
+  generated, and would show absurd figures.
 """
 
 from __future__ import annotations
@@ -19,10 +31,22 @@ __all__ = ["SessionInfo", "Totals", "build_summary", "percentiles", "write_summa
 
 PERCENTILES = (50, 90, 99)
 TOKEN_KEYS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
+MIN_DECODE_MS = 50.0
+NO_OBJECT: dict[str, Any] = {}  # read-only stand-in for a field that is not an object
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) else 0
+    """A usable count: an int >= 0 (not a bool), else 0."""
+    return value if type(value) is int and value >= 0 else 0
+
+
+def _number(value: object) -> float | None:
+    """A usable measurement: an int or float (not a bool), else None."""
+    return value if type(value) is float or type(value) is int else None
+
+
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else NO_OBJECT
 
 
 @dataclass
@@ -38,38 +62,43 @@ class Totals:
     ttfts_ms: list[float] = field(default_factory=list)
     decode_tokens_per_s: list[float] = field(default_factory=list)
 
-    def add(self, record: dict[str, Any]) -> None:
-        self.attempts += int(record.get("attempts") or 0)
+    def add(self, record: object) -> None:
+        if not isinstance(record, dict):
+            return  # not a record at all: nothing in it can be counted
+        self.attempts += _count(record.get("attempts"))
         if record.get("status") == "ok":
             self._add_ok(record)
         else:
             self.failed += 1
-            error = record.get("error") or {}
-            self.error_types[str(error.get("type"))] += 1
+            kind = _object(record.get("error")).get("type")
+            self.error_types[kind if isinstance(kind, str) else "unknown"] += 1
 
     def _add_ok(self, record: dict[str, Any]) -> None:
         self.ok += 1
-        response = record.get("response") or {}
-        usage = response.get("usage") or {}
-        model = str(response.get("model") or "unknown")
+        response = _object(record.get("response"))
+        usage = _object(response.get("usage"))
+        model = response.get("model")
+        model = model if isinstance(model, str) and model else "unknown"
         tokens = self.tokens_by_model.get(model)
         if tokens is None:  # not setdefault: that would build a dict for every record
             tokens = self.tokens_by_model[model] = dict.fromkeys(TOKEN_KEYS, 0)
         tokens["requests"] += 1
-        prompt = _count(usage.get("prompt_tokens"))
         completion = _count(usage.get("completion_tokens"))
-        tokens["prompt_tokens"] += prompt
+        tokens["prompt_tokens"] += _count(usage.get("prompt_tokens"))
         tokens["completion_tokens"] += completion
         tokens["total_tokens"] += _count(usage.get("total_tokens"))
-        latency = record.get("latency_ms")
-        if isinstance(latency, int | float):
+        latency = _number(record.get("latency_ms"))
+        if latency is not None:
             self.latencies_ms.append(latency)
-        ttft = record.get("ttft_ms")
-        if isinstance(ttft, int | float) and isinstance(latency, int | float):
-            self.ttfts_ms.append(ttft)
-            generating_s = (latency - ttft) / 1000
-            if generating_s > 0 and completion:
-                self.decode_tokens_per_s.append(completion / generating_s)
+            ttft = _number(record.get("ttft_ms"))
+            if ttft is not None:
+                self._add_stream_timing(latency, ttft, completion)
+
+    def _add_stream_timing(self, latency: float, ttft: float, completion: int) -> None:
+        self.ttfts_ms.append(ttft)
+        decode_ms = latency - ttft
+        if decode_ms >= MIN_DECODE_MS and completion > 1:
+            self.decode_tokens_per_s.append((completion - 1) / (decode_ms / 1000))
 
     def token_totals(self) -> dict[str, int]:
         keys = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -112,8 +141,15 @@ def read_totals(results: Path) -> Totals:
     if results.exists():
         with results.open("rb") as stream:
             for line in stream:
-                totals.add(orjson.loads(line))
+                totals.add(_parsed(line))
     return totals
+
+
+def _parsed(line: bytes) -> object:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # counted nowhere, like any other line that is not a record
 
 
 def build_summary(
@@ -122,7 +158,6 @@ def build_summary(
     totals = read_totals(paths.results)
     requests = int(manifest["requests"])
     done = totals.ok + totals.failed
-    elapsed = session.wall_time_s or 1e-9
     return {
         "batchrun_version": manifest["batchrun_version"],
         "status": session.status,
@@ -152,11 +187,25 @@ def build_summary(
             "requests_sent": session.sent,
             "retries": session.retries,
             "resent_after_interrupt": session.resent_after_interrupt,
-            "requests_per_s": round(session.completed / elapsed, 2),
-            "tokens_per_s": round(session.total_tokens / elapsed, 2),
-            "completion_tokens_per_s": round(session.completion_tokens / elapsed, 2),
+            **_session_rates(session),
         },
         **extra,
+    }
+
+
+def _session_rates(session: SessionInfo) -> dict[str, float | None]:
+    """Per second of wall time; null where the session did nothing to measure."""
+    elapsed = session.wall_time_s
+
+    def rate(count: int, meaningful: bool) -> float | None:
+        return round(count / elapsed, 2) if meaningful and elapsed > 0 else None
+
+    sent = session.sent > 0
+    return {
+        "requests_per_s": rate(session.sent, sent),
+        "lines_per_s": rate(session.completed, session.completed > 0),
+        "tokens_per_s": rate(session.total_tokens, sent),
+        "completion_tokens_per_s": rate(session.completion_tokens, sent),
     }
 
 

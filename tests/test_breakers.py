@@ -167,6 +167,9 @@ async def test_auth_breaker_still_fires_before_the_connection_one(
         ({"type": "http_status", "status_code": 401, "retryable": False}, False, True),
         ({"type": "http_status", "status_code": 500, "retryable": True}, False, False),
         ({"type": "http_status", "status_code": 422, "retryable": False}, True, False),
+        # Hand-edited or foreign records: any shape is a plain "no", never a crash.
+        ({"type": "http_status", "status_code": [401], "retryable": False}, False, False),
+        ({"type": ["connection"], "status_code": {"a": 1}}, True, False),
     ],
 )
 def test_which_failures_a_plain_resume_sends_again(

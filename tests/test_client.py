@@ -63,15 +63,20 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after(both) == 0.15
     date = {"retry-after": formatdate(1_000_030, usegmt=True)}
     assert parse_retry_after(date, now=1_000_000) == pytest.approx(30, abs=1)
-    for junk in ("soon", "-1", "0", "nan", "inf"):
+    for junk in ("soon", "-1", "0", "nan", "inf", "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"):
         assert parse_retry_after({"retry-after": junk}) is None
+    assert parse_retry_after({"retry-after-ms": "1e999", "retry-after": "x"}) is None
     assert parse_retry_after({}) is None
 
 
 def test_200_bodies_that_are_not_completions_are_bad_responses() -> None:
-    for body in (b"{not json", b"[]", b'{"id": "x"}'):
+    not_usable = [[], {"id": "x"}, {"choices": []}, {"choices": [5]}, {"choices": [{}]}]
+    not_usable += [{"choices": {"0": {"message": {}}}}, {"choices": [{"message": "hi"}]}]
+    for body in (b"{not json", b"\xff", *map(orjson.dumps, not_usable)):
         with pytest.raises(BadResponse):
             parse_completion(body)
+    odd_but_usable = {"choices": [{"message": {"content": 5}}], "usage": 5, "model": []}
+    assert parse_completion(orjson.dumps(odd_but_usable)) == odd_but_usable
     error_finish = {"choices": [{"index": 0, "finish_reason": "error", "message": {}}]}
     with pytest.raises(BadResponse, match="finish_reason"):
         parse_completion(orjson.dumps(error_finish))
@@ -158,6 +163,37 @@ async def test_stalled_stream_times_out(mock_server: Callable[..., MockServer]) 
         async with client_for(server, stream_idle=0.3) as client:
             with pytest.raises(Timeout):
                 await client.complete(body, stream=True)
+
+
+@pytest.mark.anyio
+async def test_cancellation_passes_through_untranslated(
+    mock_server: Callable[..., MockServer],
+) -> None:
+    server = mock_server()
+    stream = orjson.dumps({**BODY, "stream": True, "metadata": {"mock": {"fault": "keepalive"}}})
+    with anyio.fail_after(10):
+        async with client_for(server) as client:
+            with anyio.move_on_after(0.1) as plain:
+                await client.complete(with_fault("hang"))
+            with anyio.move_on_after(0.1) as streamed:
+                await client.complete(stream, stream=True)
+    assert plain.cancelled_caught and streamed.cancelled_caught
+
+
+@pytest.mark.anyio
+async def test_error_bodies_are_read_only_as_far_as_records_keep(
+    mock_server: Callable[..., MockServer],
+) -> None:
+    server = mock_server()
+    huge = {"status": 500, "body": "x" * 5_000_000}
+    payload = orjson.dumps({**BODY, "metadata": {"mock": {"raw": huge}}})
+    with anyio.fail_after(10):
+        async with client_for(server) as client:
+            with pytest.raises(RetryableStatus) as failed:
+                await client.complete(payload)
+            after = await client.complete(orjson.dumps(BODY))
+    assert failed.value.body == "x" * 2048
+    assert after.response["choices"]
 
 
 @pytest.mark.anyio

@@ -540,6 +540,124 @@ async def test_stream_status_faults_come_before_any_event(mock_server: Factory) 
     assert response.status_code == 503 and response.json()["code"] == "503"
 
 
+# --- scripted raw replies and deadline modes ------------------------------------------------
+
+
+def scripted(raw: dict[str, Any], text: str = "hello there", **options: Any) -> dict[str, Any]:
+    return chat(text, metadata={"mock": {"raw": raw, **options}})
+
+
+def test_raw_body_reply_is_sent_as_scripted(mock_server: Factory) -> None:
+    server = mock_server()
+    raw = {"status": 200, "headers": [["Retry-After", "soon"], ["x-a", "\t1 é"]], "body": "[5]"}
+    with connect(server) as sock, sock.makefile("rb") as reader:
+        sock.sendall(request_bytes(scripted(raw)))
+        status, headers, body = read_response(reader)
+        sock.sendall(request_bytes(chat()))  # the connection stays usable
+        after, _, _ = read_response(reader)
+    assert (status, body, after) == (200, b"[5]", 200)
+    assert headers["retry-after"] == "soon" and headers["content-type"] == "application/json"
+    assert headers["x-a"] == "1 é"  # sent as UTF-8, tab kept (stripped by the reader)
+
+
+@pytest.mark.anyio
+async def test_raw_events_are_one_chunk_each_in_order(mock_server: Factory) -> None:
+    server = mock_server()
+    events = ['{"choices": 5}', {"raw": ": hi\n\nevent: error\n"}, {"raw": "data: x\n\n"}]
+    raw = {"status": 503, "headers": [["content-type", "text/plain"]], "events": events}
+    with anyio.fail_after(10):
+        response = await post(server, scripted(raw))
+    assert response.status_code == 503 and response.headers["content-type"] == "text/plain"
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert response.content == b'data: {"choices": 5}\n\n: hi\n\nevent: error\ndata: x\n\n'
+
+
+@pytest.mark.anyio
+async def test_raw_body_bytes_times_and_delays(mock_server: Factory) -> None:
+    server = mock_server()
+    binary = scripted({"body_base64": "/wAB"}, times=1)
+    slow = scripted({"events": ["a", "b"]}, "slow", chunk_delay_ms=150)
+    with anyio.fail_after(10):
+        first, second = await post(server, binary), await post(server, binary)
+        started = time.perf_counter()
+        spread = await post(server, slow)
+        elapsed = time.perf_counter() - started
+    assert first.content == b"\xff\x00\x01"
+    assert second.json()["object"] == "chat.completion"  # `times` used up: a real reply
+    assert spread.content == b"data: a\n\ndata: b\n\n" and elapsed >= 0.14
+
+
+UNFRAMEABLE: list[Any] = [
+    {"headers": [["x-a", "1\r\nx-b: 2"]]},
+    {"headers": [["x-a", "1\n"]]},
+    {"headers": [["x-a", "nul\u0000"]]},
+    {"headers": [["content-length", "5"]]},
+    {"headers": [["Transfer-Encoding", "chunked"]]},
+    {"headers": [["bad name", "1"]]},
+    {"headers": [["x-a"]]},
+    {"status": 204},
+    {"status": 101},
+    {"status": "200"},
+    {"body": "a", "events": []},
+    {"events": [5]},
+    {"body_base64": "***"},
+    [],
+]
+
+
+def test_raw_replies_that_would_break_framing_are_refused(mock_server: Factory) -> None:
+    server = mock_server()
+    with connect(server) as sock, sock.makefile("rb") as reader:
+        for raw in UNFRAMEABLE:  # one keep-alive connection: each 400 leaves it usable
+            sock.sendall(request_bytes(scripted(raw)))
+            status, _, body = read_response(reader)
+            assert status == 400 and "raw" in orjson.loads(body)["message"], raw
+        sock.sendall(request_bytes(chat()))
+        assert read_response(reader)[0] == 200
+
+
+def test_drip_sends_one_byte_at_a_time(mock_server: Factory) -> None:
+    server = mock_server()
+    with connect(server) as sock, sock.makefile("rb") as reader:
+        sock.sendall(request_bytes(scripted({"body": "{}"}, drip_ms=5)))
+        first = sock.recv(100)
+        status, _, body = read_response(reader)
+    assert len(first) == 1 and (status, body) == (200, b"{}")
+
+
+@pytest.mark.parametrize("fault", ["keepalive", "trickle"])
+def test_endless_streams_never_finish(mock_server: Factory, fault: str) -> None:
+    server = mock_server()
+    body = {**mocked(fault, chunk_delay_ms=20), "stream": True}
+    with connect(server) as sock:
+        sock.sendall(request_bytes(body))
+        deadline, received = time.monotonic() + 0.5, b""
+        while time.monotonic() < deadline:
+            received += sock.recv(65536)
+    head, _, framed = received.partition(b"\r\n\r\n")
+    events = whole_chunks(framed)
+    assert head.startswith(b"HTTP/1.1 200 OK") and len(events) > 5
+    if fault == "keepalive":
+        assert set(events) == {b": keep-alive\n\n"}
+    else:
+        chunks = [orjson.loads(event.removeprefix(b"data: ")) for event in events]
+        assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
+        assert all(c["choices"][0]["delta"]["content"].strip() for c in chunks)
+
+
+def whole_chunks(framed: bytes) -> list[bytes]:
+    """The complete chunks of a chunked body read so far (the last may be partial)."""
+    chunks = []
+    while b"\r\n" in framed:
+        size, _, rest = framed.partition(b"\r\n")
+        length = int(size, 16)
+        if len(rest) < length + 2:
+            break
+        chunks.append(rest[:length])
+        framed = rest[length + 2 :]
+    return chunks
+
+
 # --- connections -----------------------------------------------------------------------------
 
 

@@ -9,8 +9,8 @@ import anyio
 import orjson
 import pytest
 
-from batchrun.errors import StreamTruncated
-from batchrun.streaming import StreamAssembler, read_completion_stream
+from batchrun.errors import StreamTruncated, Timeout
+from batchrun.streaming import StreamAssembler, StreamDeadlines, read_completion_stream
 
 HEAD = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 5, "model": "m"}
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
@@ -304,6 +304,47 @@ async def test_read_stream_with_crlf_comments_and_one_read_per_event() -> None:
     with anyio.fail_after(5):
         response = await read_completion_stream(per_event(), lambda: None)
     assert message(response)["content"] == "héllo 世界"
+
+
+@pytest.mark.anyio
+async def test_only_events_with_data_count_as_progress() -> None:
+    """Comments, blank lines and half events never call on_event: the idle deadline
+    (StreamDeadlines) must not be reset by a server that only says it is alive."""
+    pieces = [b": keep-alive\n\n", b"\n\n", b"data: ", b'{"id": 1', b"}\n\n", b": x\n\n"]
+    pieces += [sse(chunk({"content": "a"}, "stop"), "[DONE]")]
+    progress: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for position, piece in enumerate(pieces):
+            progress.append(-position)  # a read happened
+            yield piece
+
+    calls: list[int] = []
+    with anyio.fail_after(5):
+        await read_completion_stream(body(), lambda: None, lambda: calls.append(len(progress)))
+    assert calls == [5, 7, 7]  # the chunk completed by the 5th read, then the last read's two
+
+
+@pytest.mark.anyio
+async def test_stream_deadlines_fire_once_data_stops() -> None:
+    deadlines = StreamDeadlines(idle_s=0.1, total_s=5)
+    with anyio.fail_after(5):
+        with deadlines.scope:
+            for _ in range(6):  # 0.3 s of steady data: never idle
+                deadlines.data_arrived()
+                await anyio.sleep(0.05)
+            await anyio.sleep(5)
+    with pytest.raises(Timeout, match="idle"):
+        deadlines.raise_if_expired()
+    whole = StreamDeadlines(idle_s=5, total_s=0.15)
+    with anyio.fail_after(5):
+        with whole.scope:
+            while True:
+                whole.data_arrived()
+                await anyio.sleep(0.05)
+    with pytest.raises(Timeout, match="--stream-timeout"):
+        whole.raise_if_expired()
+    StreamDeadlines(1, 1).raise_if_expired()  # not expired: nothing to raise
 
 
 @pytest.mark.anyio
