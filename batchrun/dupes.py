@@ -20,7 +20,7 @@ from .errors import InputError
 __all__ = ["DEFAULT_BUFFER_IDS", "Duplicate", "DuplicateFinder", "Duplicates", "id_hash"]
 
 DEFAULT_BUFFER_IDS = 1 << 17  # 1 MB of hashes per sorted run
-MIN_READ_BLOCK = 512  # hashes read at once from each run while merging
+MAX_FAN_IN = 64  # runs merged at once; more are first merged into longer runs
 _U64 = (1 << 64) - 1
 
 
@@ -109,30 +109,50 @@ class DuplicateFinder:
             return _repeated(sorted(self._buffer))
         if self._buffer:
             self._spill()
-        block = max(MIN_READ_BLOCK, self._capacity // len(self._runs))
-        runs = [self._read_run(start, length, block) for start, length in self._runs]
-        return _repeated(heapq.merge(*runs))
+        while len(self._runs) > MAX_FAN_IN:  # so the merge's read blocks fit the buffer
+            self._merge_runs(MAX_FAN_IN)
+        return _repeated(self._merged(self._runs))
+
+    def _merge_runs(self, count: int) -> None:
+        """Replace the first `count` runs with one merged run at the end of the file."""
+        group, self._runs = self._runs[:count], self._runs[count:]
+        start = self._spilled
+        out: array[int] = array("Q")
+        for value in self._merged(group):
+            out.append(value)
+            if len(out) == self._capacity:
+                self._write(out)
+                out = array("Q")
+        self._write(out)
+        self._runs.append((start, self._spilled - start))
+
+    def _merged(self, runs: list[tuple[int, int]]) -> Iterator[int]:
+        block = max(1, self._capacity // len(runs))  # all read blocks fit in one buffer
+        return heapq.merge(*(self._read_run(start, length, block) for start, length in runs))
 
     def _spill(self) -> None:
         run = array("Q", sorted(self._buffer))
         self._buffer = array("Q")
+        self._runs.append((self._spilled, len(run)))
+        self._write(run)
+
+    def _write(self, hashes: array[int]) -> None:
         try:
             if self._file is None:
                 # Unnamed on POSIX: nothing is left behind even by kill -9; close() frees it.
                 self._file = tempfile.TemporaryFile(dir=self._spill_dir)  # noqa: SIM115
-            self._file.seek(self._spilled * run.itemsize)
-            run.tofile(self._file)
+            self._file.seek(self._spilled * hashes.itemsize)  # reads move the shared position
+            hashes.tofile(self._file)
         except OSError as exc:
             raise _spill_failed(self._spill_dir, exc) from exc
-        self._runs.append((self._spilled, len(run)))
-        self._spilled += len(run)
+        self._spilled += len(hashes)
 
     def _read_run(self, start: int, length: int, block: int) -> Iterator[int]:
         assert self._file is not None  # runs exist only once the file does
         end = start + length
         for offset in range(start, end, block):
             chunk: array[int] = array("Q")
-            try:  # runs are merged lazily, so each read repositions the shared file
+            try:
                 self._file.seek(offset * chunk.itemsize)
                 chunk.fromfile(self._file, min(block, end - offset))
             except (OSError, EOFError) as exc:
