@@ -172,6 +172,11 @@ def _scan_lines(lines: Iterator[RawLine], ids: DuplicateFinder) -> tuple[int, In
 
 def _custom_ids(path: Path, max_line_bytes: int) -> Iterator[tuple[str, int]]:
     """The ids `_scan_lines` added, with their lines, read again to confirm duplicates."""
+    if not path.is_file():  # a pipe was drained by the first pass; reopening it would block
+        raise InputError(
+            f"cannot confirm repeated custom_ids: {path} is not a regular file and cannot "
+            "be read twice; save it to a file first. Nothing was sent."
+        )
     with path.open("rb") as stream:
         for line in iter_raw_lines(stream, max_line_bytes):
             obj = _loads_object(line.data) if line.data is not None else None

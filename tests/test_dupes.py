@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -200,6 +201,21 @@ def test_scan_input_finds_duplicates_across_spilled_runs(tmp_path: Path) -> None
         scan_input(path, 1 << 20)
     assert f"'req-2' on lines 3 and {len(ids)}" in str(info.value)
     assert "(1 in all)" in str(info.value)
+
+
+@pytest.mark.timeout(30)
+def test_repeated_ids_in_a_pipe_are_refused_not_waited_for(tmp_path: Path) -> None:
+    # Confirming reads the input again; a FIFO cannot be, and reopening it would block.
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    lines = write_batch(tmp_path / "lines.jsonl", ["a", "b", "a"]).read_bytes()
+    writer = threading.Thread(target=fifo.write_bytes, args=(lines,))
+    writer.start()
+    try:
+        with pytest.raises(InputError):
+            scan_input(fifo, 1 << 20)
+    finally:
+        writer.join(timeout=10)
 
 
 def scan_peak_bytes(path: Path) -> int:
