@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from .dupes import DuplicateFinder, Duplicates
 from .errors import ConfigError, InputError, InvalidInput
 from .validate import validate_body
 
@@ -171,9 +172,10 @@ class _BoundedReader:
 def scan_input(path: Path, max_line_bytes: int) -> InputScan:
     """Hash the input, count its requests, detect its format and refuse duplicate ids."""
     try:
-        with path.open("rb") as raw:
+        with path.open("rb") as raw, DuplicateFinder() as ids:
             reader = _HashingReader(raw)
-            count, fmt, no_model = _scan_lines(iter_raw_lines(reader, max_line_bytes))  # type: ignore[arg-type]
+            count, fmt, no_model = _scan_lines(iter_raw_lines(reader, max_line_bytes), ids)  # type: ignore[arg-type]
+            _refuse(ids.find(lambda: _custom_ids(path, max_line_bytes), MAX_DUPLICATES_SHOWN))
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
     digest = reader.digest.hexdigest()
@@ -182,10 +184,9 @@ def scan_input(path: Path, max_line_bytes: int) -> InputScan:
     )
 
 
-def _scan_lines(lines: Iterator[RawLine]) -> tuple[int, InputFormat, int]:
+def _scan_lines(lines: Iterator[RawLine], ids: DuplicateFinder) -> tuple[int, InputFormat, int]:
     count = no_model = 0
     fmt: InputFormat | None = None
-    ids = _DuplicateIds()
     for line in lines:
         count += 1
         if line.data is None or (fmt is InputFormat.PLAIN):
@@ -196,10 +197,11 @@ def _scan_lines(lines: Iterator[RawLine]) -> tuple[int, InputFormat, int]:
         if fmt is None:
             fmt = detect_format(obj)
         if fmt is not InputFormat.PLAIN:
-            ids.add(obj.get("custom_id"), line.number)
+            custom_id = obj.get("custom_id")
+            if isinstance(custom_id, str):
+                ids.add(custom_id)  # other ids are reported per line by the parser
             body = obj.get("body")
             no_model += isinstance(body, dict) and "model" not in body
-    ids.raise_if_any()
     return count, fmt or InputFormat.PLAIN, no_model
 
 
@@ -227,28 +229,30 @@ def unused_model_warning(model: str) -> str:
     )
 
 
-class _DuplicateIds:
-    def __init__(self) -> None:
-        self._first_line: dict[str, int] = {}
-        self._examples: list[str] = []
-        self._count = 0
+def _custom_ids(path: Path, max_line_bytes: int) -> Iterator[tuple[str, int]]:
+    """The ids `_scan_lines` added, with their lines, read again to confirm duplicates."""
+    if not path.is_file():  # a pipe was drained by the first pass; reopening it would block
+        raise InputError(
+            f"cannot confirm repeated custom_ids: {path} is not a regular file and cannot "
+            "be read twice; save it to a file first. Nothing was sent."
+        )
+    with path.open("rb") as stream:
+        for line in iter_raw_lines(stream, max_line_bytes):
+            obj = _loads_object(line.data) if line.data is not None else None
+            custom_id = obj.get("custom_id") if obj is not None else None
+            if isinstance(custom_id, str):
+                yield custom_id, line.number
 
-    def add(self, custom_id: object, line: int) -> None:
-        if not isinstance(custom_id, str):
-            return  # reported per line by the parser
-        first = self._first_line.setdefault(custom_id, line)
-        if first != line:
-            self._count += 1
-            if len(self._examples) < MAX_DUPLICATES_SHOWN:
-                self._examples.append(f"{custom_id!r} on lines {first} and {line}")
 
-    def raise_if_any(self) -> None:
-        if self._count:
-            raise InputError(
-                f"duplicate custom_id values ({self._count} in all): "
-                + "; ".join(self._examples)
-                + ". Every custom_id must be unique so results can be matched; nothing was sent."
+def _refuse(duplicates: Duplicates | None) -> None:
+    if duplicates is not None:
+        raise InputError(
+            f"duplicate custom_id values ({duplicates.count} in all): "
+            + "; ".join(
+                f"{d.custom_id!r} on lines {d.first_line} and {d.line}" for d in duplicates.examples
             )
+            + ". Every custom_id must be unique so results can be matched; nothing was sent."
+        )
 
 
 def _loads_object(data: bytes) -> dict[str, Any] | None:
