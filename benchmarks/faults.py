@@ -91,7 +91,7 @@ def report_faults(label: str, work: Path, url: str, lines: int) -> bool:
         f"({per_line / MAX_REQUESTS_PER_LINE:.2f}x of the {MAX_REQUESTS_PER_LINE}x target) · "
         f"exit {measured.returncode} · {measured.wall_s:.1f} s"
     )
-    return failed <= MAX_FAILED_SHARE and per_line <= MAX_REQUESTS_PER_LINE
+    return bool(failed <= MAX_FAILED_SHARE and per_line <= MAX_REQUESTS_PER_LINE)
 
 
 def report_demo(label: str, input_path: Path, outdir: Path, lines: int) -> bool:

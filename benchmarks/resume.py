@@ -58,10 +58,10 @@ def finished_outdir(inputs: Path, outdir: Path) -> None:
         batch.append(ok_record(request, response, attempts=1, latency_ms=12.5))  # type: ignore[arg-type]
         if len(batch) == BATCH:
             writer.append(batch)
-            writer.emit(batch)
+            writer.emit()
             batch = []
     writer.append(batch)
-    writer.emit(batch)
+    writer.emit()
     writer.sync()
     writer.close()
     lock.release()
