@@ -1,13 +1,13 @@
-"""CPU per request of two revisions of batchrun, interleaved in the same run.
+"""CPU per request of revisions of batchrun, interleaved in the same run.
 
-    python benchmarks/compare_revisions.py BASE_REV [NEW_REV] [--requests 20000] [--rounds 3]
+    python benchmarks/compare_revisions.py BASE_REV [REV ...] [--requests 20000] [--rounds 3]
 
 Answers "did this change make the client slower?" on a shared, noisy machine: each
 revision is checked out (git worktree, detached) into a temporary directory and run as
-`python -m batchrun run` against the same zero-latency mock server, alternating
-BASE, NEW, BASE, NEW, ... so drift in the machine's load hits both alike. NEW_REV
-defaults to the working tree as it is (uncommitted changes included). Prints the median
-CPU ms per request of each and NEW / BASE.
+`python -m batchrun run` against the same zero-latency mock server, one round being
+one run of each (BASE, REV..., working tree) so drift in the machine's load hits all
+alike. The working tree as it is (uncommitted changes included) always runs last.
+Prints the median CPU ms per request of each and its ratio to BASE.
 """
 
 from __future__ import annotations
@@ -57,28 +57,28 @@ def run_tree(tree: Path, inputs: Path, outdir: Path, url: str, concurrency: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("base")
-    parser.add_argument("new", nargs="?", default=None, help="default: the working tree")
+    parser.add_argument("revs", nargs="+", help="the first is the base")
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        base = stack.enter_context(checkout(args.base, work))
-        new = stack.enter_context(checkout(args.new, work))
+        trees = {rev: stack.enter_context(checkout(rev, work)) for rev in args.revs}
+        trees["working tree"] = stack.enter_context(checkout(None, work))
         mock = stack.enter_context(mock_process())
         inputs = write_requests(work / "in.jsonl", args.requests)
-        figures: dict[str, list[float]] = {"base": [], "new": []}
+        figures: dict[str, list[float]] = {name: [] for name in trees}
         for round_number in range(args.rounds):
-            for name, tree in (("base", base), ("new", new)):
-                ms = run_tree(tree, inputs, work / f"out-{name}", mock.url, args.concurrency)
+            for position, (name, tree) in enumerate(trees.items()):
+                outdir = work / f"out-{position}"
+                ms = run_tree(tree, inputs, outdir, mock.url, args.concurrency)
                 figures[name].append(ms)
-                print(f"round {round_number + 1} {name:4} {ms:.3f} ms CPU/request", flush=True)
-        base_ms, new_ms = (statistics.median(figures[k]) for k in ("base", "new"))
-        print(f"base {args.base}: median {base_ms:.3f} ms CPU/request")
-        print(f"new  {args.new or 'working tree'}: median {new_ms:.3f} ms CPU/request")
-        print(f"new / base: {new_ms / base_ms:.3f}x")
+                print(f"round {round_number + 1} {name}: {ms:.3f} ms CPU/request", flush=True)
+        base = statistics.median(figures[args.revs[0]])
+        for name, values in figures.items():
+            median = statistics.median(values)
+            print(f"{name}: median {median:.3f} ms CPU/request, {median / base:.3f}x the base")
 
 
 if __name__ == "__main__":
