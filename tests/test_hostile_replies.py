@@ -136,6 +136,21 @@ async def test_usage_that_is_not_an_object_is_kept_and_the_summary_copes(
 
 
 @pytest.mark.anyio
+async def test_ok_replies_that_contain_status_error_stay_out_of_errors_jsonl(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    """errors.jsonl is chosen by each record's status, not by `"status":"error"` bytes
+    (which a reply can hold as a key of its own, e.g. tool-call style objects)."""
+    server = mock_server()
+    lines = [line(0, body(completion(result={"status": "error"}))), line(1), line(2, fault="422")]
+    report, records = await run_and_resume(config_for(server, tmp_path / "out", lines))
+    assert b'"status":"error"' in (tmp_path / "out" / "results.jsonl").read_bytes().split(b"\n")[0]
+    assert [r["status"] for r in records] == ["ok", "ok", "error"]
+    assert [r["index"] for r in records_of(tmp_path / "out", "errors.jsonl")] == [2]
+    assert report.summary["counts"]["failed"] == 1
+
+
+@pytest.mark.anyio
 async def test_streamed_choices_that_are_not_a_list(mock_server: Factory, tmp_path: Path) -> None:
     server = mock_server()
     good = [chunk({"role": "assistant", "content": "a"}), chunk({}, "stop", usage=USAGE), "[DONE]"]
