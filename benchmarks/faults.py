@@ -7,7 +7,7 @@
    mock latency 5 ms. Each line's fate is drawn here (seeded) and sent as a per-line
    mock directive (`"fault": KIND, "times": N`: the first N attempts fail), which is
    the same distribution as an independent draw per attempt. A line is lost only if
-   all 5 attempts fail: 0.3**5 = 0.24 %. Targets (issue 7): at most 0.5 % of lines
+   all 5 attempts fail: 0.3**5 = 0.24 %. Targets: at most 0.5 % of lines
    failed, at most 1.6 requests sent per line.
 2. The same through the mock's own `--fail-rate` (its draw includes 429s, whose
    Retry-After pauses every worker; `--retry-after 0.05` keeps the run short).
