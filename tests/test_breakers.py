@@ -12,6 +12,7 @@ import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
+from jsonl import chat_request, write_jsonl
 
 from batchrun import RetryConfig, RunConfig, RunReport, Timeouts, run_batch
 from batchrun.cli import main
@@ -20,18 +21,6 @@ from batchrun.mockserver import MockServer
 
 KEY = "sk-test-breakers"
 FAST = RetryConfig(max_attempts=3, backoff_base=0.01, backoff_cap=0.05)
-
-
-def request(i: int, fault: str | None = None) -> dict[str, Any]:
-    line: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": f"line-{i}"}]}
-    if fault is not None:
-        line["metadata"] = {"mock": {"fault": fault}}
-    return line
-
-
-def write_input(path: Path, lines: list[dict[str, Any]]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
-    return path
 
 
 def config(input_path: Path, tmp_path: Path, base_url: str, **options: Any) -> RunConfig:
@@ -68,7 +57,7 @@ def refusing_url() -> Iterator[str]:
 async def test_an_unreachable_server_stops_the_run_and_resume_sends_those_lines(
     mock_server: Callable[..., MockServer], tmp_path: Path, refusing_url: str
 ) -> None:
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(240)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(240)])
     report = await run(config(path, tmp_path, refusing_url))
     assert report.exit_code == 3
     assert report.summary["status"] == "aborted"
@@ -88,7 +77,7 @@ async def test_an_unreachable_server_stops_the_run_and_resume_sends_those_lines(
 
 
 def test_the_cli_says_to_start_the_server_and_exits_3(tmp_path: Path, refusing_url: str) -> None:
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(240)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(240)])
     result = CliRunner(env={"MISTRAL_API_KEY": KEY}).invoke(
         main, ["run", str(path), "-o", str(tmp_path / "out"), "--base-url", refusing_url]
     )
@@ -101,7 +90,7 @@ async def test_a_server_that_dies_mid_run_stops_it(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server(latency_ms=5)
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(2000)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(2000)])
     journal = tmp_path / "out" / "journal.jsonl"
     reports: list[RunReport] = []
 
@@ -124,7 +113,7 @@ async def test_timeouts_do_not_count_as_an_absent_server(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server(fault="hang")
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(16)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(16)])
     retry = RetryConfig(max_attempts=1)
     report = await run(config(path, tmp_path, server.url, retry=retry, timeouts=Timeouts(read=0.2)))
     assert report.exit_code == 2
@@ -139,8 +128,8 @@ async def test_any_reply_from_the_server_ends_a_connection_streak(
 ) -> None:
     """Dropped connections in a row, then a 500 (a reply): only a full streak stops."""
     server = mock_server()
-    lines = [request(i, "drop" if i % (streak + 1) < streak else "500") for i in range(40)]
-    path = write_input(tmp_path / "in.jsonl", lines)
+    lines = [chat_request(i, "drop" if i % (streak + 1) < streak else "500") for i in range(40)]
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     retry = RetryConfig(max_attempts=1)
     report = await run(config(path, tmp_path, server.url, retry=retry, concurrency=1))
     assert (report.summary["status"] == "aborted") is aborted
@@ -152,7 +141,7 @@ async def test_auth_breaker_still_fires_before_the_connection_one(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server(fault="401")
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(50)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(50)])
     report = await run(config(path, tmp_path, server.url, concurrency=1))
     assert report.exit_code == 3
     assert "3 consecutive HTTP 401" in report.summary["reason"]
@@ -183,7 +172,7 @@ async def test_a_limited_rerun_of_a_finished_run_is_complete(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(30)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(30)])
     first = await run(config(path, tmp_path, server.url, limit=10))
     assert (first.summary["status"], first.summary["reason"]) == ("partial", "--limit 10")
     await run(config(path, tmp_path, server.url))

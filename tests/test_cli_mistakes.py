@@ -21,6 +21,7 @@ import click
 import orjson
 import pytest
 from click.testing import CliRunner, Result
+from jsonl import write_jsonl
 
 from batchrun import RunConfig, run_batch
 from batchrun.cli import FAULT_HELP, main
@@ -41,11 +42,6 @@ def plain(i: int, **extra: Any) -> dict[str, Any]:
 
 def faulty(i: int, fault: str, **mock: Any) -> dict[str, Any]:
     return plain(i, metadata={"mock": {"fault": fault, **mock}})
-
-
-def write_lines(path: Path, lines: list[Any]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
-    return path
 
 
 def invoke(*args: str, env: Mapping[str, str | None] | None = None) -> Result:
@@ -84,7 +80,7 @@ def popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[byt
     ],
 )
 def test_usage_errors_exit_1_with_clicks_message(tmp_path: Path, args: list[str]) -> None:
-    path = write_lines(tmp_path / "in.jsonl", [plain(0)])
+    path = write_jsonl(tmp_path / "in.jsonl", [plain(0)])
     argv = [a.format(input=path, dir=tmp_path) for a in args]
     result = invoke(*argv)
     assert result.exit_code == 1, result.output
@@ -98,7 +94,7 @@ def test_documented_run_env_vars_are_read(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    path = write_lines(tmp_path / "in.jsonl", [plain(i) for i in range(6)])
+    path = write_jsonl(tmp_path / "in.jsonl", [plain(i) for i in range(6)])
     out = tmp_path / "from-env"
     env = {
         "BATCHRUN_RUN_CONCURRENCY": "3",
@@ -160,7 +156,7 @@ def test_batch_lines_without_a_model_are_refused_before_sending(
     log = tmp_path / "requests.log"
     server = mock_server(request_log=log)
     lines = [{"custom_id": f"c-{i}", "body": body(i)} for i in range(50)]
-    path = write_lines(tmp_path / "batch.jsonl", lines)
+    path = write_jsonl(tmp_path / "batch.jsonl", lines)
     out = tmp_path / "out"
     args = ("run", str(path), "-o", str(out), "--base-url", server.url, "-q")
     refused = invoke(*args)
@@ -178,7 +174,7 @@ def test_model_flag_that_every_line_overrides_is_warned_once(
 ) -> None:
     server = mock_server()
     lines = [{"custom_id": f"c-{i}", "body": plain(i)} for i in range(5)]
-    path = write_lines(tmp_path / "batch.jsonl", lines)
+    path = write_jsonl(tmp_path / "batch.jsonl", lines)
     result = invoke("run", str(path), "--base-url", server.url, "-q", "-m", "other")
     assert result.exit_code == 0, result.output
     assert result.output.count("-m other is ignored: every line names its own model") == 1
@@ -190,7 +186,7 @@ def test_override_model_replaces_every_lines_model_and_is_a_resume_setting(
 ) -> None:
     server = mock_server()
     lines = [{"custom_id": "a", "body": plain(0)}, {"custom_id": "b", "body": body(1)}]
-    path = write_lines(tmp_path / "batch.jsonl", lines)
+    path = write_jsonl(tmp_path / "batch.jsonl", lines)
     args = ("run", str(path), "--base-url", server.url, "-q", "-o", str(tmp_path / "out"))
     result = invoke(*args, "--override-model", "large")
     assert result.exit_code == 0, result.output
@@ -214,7 +210,7 @@ def test_no_api_key_needs_no_key_and_sends_no_header(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     open_server = mock_server(require_auth=False)
-    path = write_lines(tmp_path / "in.jsonl", [plain(i) for i in range(4)])
+    path = write_jsonl(tmp_path / "in.jsonl", [plain(i) for i in range(4)])
     ok = invoke(
         "run", str(path), "--base-url", open_server.url, "--no-api-key", "-q",
         env={"MISTRAL_API_KEY": None},
@@ -238,7 +234,7 @@ async def test_run_batch_without_a_key(
 ) -> None:
     monkeypatch.delenv("MISTRAL_API_KEY", raising=False)
     server = mock_server(require_auth=False)
-    path = write_lines(tmp_path / "in.jsonl", [plain(i) for i in range(3)])
+    path = write_jsonl(tmp_path / "in.jsonl", [plain(i) for i in range(3)])
     config = RunConfig(
         input_path=path, outdir=tmp_path / "out", base_url=server.url, no_api_key=True
     )
@@ -255,7 +251,7 @@ def test_ctrl_c_resume_and_nothing_to_do_are_said(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server(latency_ms=300)
-    path = write_lines(tmp_path / "in.jsonl", [plain(i) for i in range(200)])
+    path = write_jsonl(tmp_path / "in.jsonl", [plain(i) for i in range(200)])
     out = tmp_path / "out"
     args = ("run", str(path), "-o", str(out), "--base-url", server.url)
     proc = popen(*args, "-c", "8", "--grace-period", "20")
@@ -287,7 +283,7 @@ def test_a_shared_429_pause_is_shown(
 ) -> None:
     server = mock_server()
     lines = [faulty(0, "429", times=1, retry_after=1.5), *(plain(i) for i in range(1, 4))]
-    path = write_lines(tmp_path / "in.jsonl", lines)
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     result = invoke("run", str(path), "--base-url", server.url)
     assert result.exit_code == 0, result.output
     assert re.search(r"paused [12] s: HTTP 429 \(shared Retry-After\)", result.output)
@@ -299,7 +295,7 @@ def test_closing_summary_names_errors_top_messages_and_next_command(
     log = tmp_path / "requests.log"
     server = mock_server(request_log=log)
     lines = [plain(0), faulty(1, "500"), faulty(2, "500"), faulty(3, "422"), "not an object"]
-    path = write_lines(tmp_path / "in.jsonl", lines)
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out"
     result = invoke(
         "run", str(path), "-o", str(out), "--base-url", server.url, "--max-attempts", "1"
@@ -324,7 +320,7 @@ def test_non_terminal_output_is_not_wrapped(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    path = write_lines(tmp_path / "in.jsonl", [plain(0)])
+    path = write_jsonl(tmp_path / "in.jsonl", [plain(0)])
     out = tmp_path / ("a-long-output-directory-name-" * 4)
     result = invoke("run", str(path), "-o", str(out), "--base-url", server.url)
     assert result.exit_code == 0, result.output
@@ -345,7 +341,7 @@ def test_a_closed_stderr_never_stops_the_run(
 ) -> None:
     server = mock_server(latency_ms=2)
     lines = [faulty(0, "429", times=1, retry_after=0.6), *(plain(i) for i in range(1, 300))]
-    path = write_lines(tmp_path / "in.jsonl", lines)
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out"
     args = ("run", str(path), "-o", str(out), "--base-url", server.url, "-c", "4", "--json")
     for _ in range(2):  # the first run prints mid-run (the pause) and at the end; the
@@ -376,12 +372,12 @@ def test_model_flag_that_plain_lines_never_need_is_warned_once(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    path = write_lines(tmp_path / "in.jsonl", [plain(i) for i in range(5)])
+    path = write_jsonl(tmp_path / "in.jsonl", [plain(i) for i in range(5)])
     args = ("run", str(path), "--base-url", server.url, "-q", "-m", "other")
     result = invoke(*args, "-o", str(tmp_path / "all-named"))
     assert result.exit_code == 0, result.output
     assert result.output.count("-m other is ignored: every line names its own model") == 1
-    path = write_lines(tmp_path / "in.jsonl", [plain(0), body(1)])
+    path = write_jsonl(tmp_path / "in.jsonl", [plain(0), body(1)])
     needed = invoke(*args, "-o", str(tmp_path / "one-unnamed"))
     assert needed.exit_code == 0, needed.output
     assert "is ignored" not in needed.output
@@ -392,7 +388,7 @@ def test_text_from_inputs_and_paths_is_printed_as_is_never_as_markup(
 ) -> None:
     server = mock_server()
     line = {"custom_id": "a", "method": "[/x]", "url": "/v1/chat/completions", "body": plain(0)}
-    path = write_lines(tmp_path / "in.jsonl", [line, {**line, "custom_id": "b", "method": "POST"}])
+    path = write_jsonl(tmp_path / "in.jsonl", [line, {**line, "custom_id": "b", "method": "POST"}])
     out = tmp_path / "out[/b]"
     result = invoke("run", str(path), "-o", str(out), "--base-url", server.url)
     assert result.exit_code == 2, result.output
@@ -405,7 +401,7 @@ def test_a_second_ctrl_c_says_it_stops_now(
 ) -> None:
     log = tmp_path / "requests.log"
     server = mock_server(latency_ms=30_000, request_log=log)
-    path = write_lines(tmp_path / "in.jsonl", [plain(i) for i in range(20)])
+    path = write_jsonl(tmp_path / "in.jsonl", [plain(i) for i in range(20)])
     proc = popen("run", str(path), "-o", str(tmp_path / "out"), "--base-url", server.url, "-c", "4")
     deadline = time.monotonic() + 30
     while len(sent_contents(log)) < 4 and time.monotonic() < deadline:

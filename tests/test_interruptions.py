@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from jsonl import read_jsonl
 
 from batchrun import ConfigError, ResumeRefused, RetryConfig, RunConfig, RunReport, run_batch
 from batchrun.journal import Paths
@@ -63,16 +64,12 @@ def write_input(path: Path, count: int, *, failing: int = 0, pad: int = 0) -> Pa
     return path
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
 def assert_complete(outdir: Path, count: int) -> None:
     """Each line exactly once, in order, in results and journal; errors the failed subset."""
-    records = read_records(outdir / "results.jsonl")
+    records = read_jsonl(outdir / "results.jsonl")
     assert [r["index"] for r in records] == list(range(count))
-    assert sorted(r["index"] for r in read_records(outdir / "journal.jsonl")) == list(range(count))
-    assert read_records(outdir / "errors.jsonl") == [r for r in records if r["status"] == "error"]
+    assert sorted(r["index"] for r in read_jsonl(outdir / "journal.jsonl")) == list(range(count))
+    assert read_jsonl(outdir / "errors.jsonl") == [r for r in records if r["status"] == "error"]
     summary = orjson.loads((outdir / "summary.json").read_bytes())
     assert summary["counts"]["done"] == count
     assert summary["counts"]["not_done"] == 0
@@ -427,7 +424,7 @@ def test_an_input_cut_short_during_the_run_is_never_exit_0(
     code, stderr = finish(proc)
     assert code == 1, stderr
     assert "changed while the run read it: 40 request lines" in one_line(stderr)
-    assert [r["index"] for r in read_records(out / "results.jsonl")] == list(range(25))
+    assert [r["index"] for r in read_jsonl(out / "results.jsonl")] == list(range(25))
 
 
 @pytest.mark.anyio

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -11,6 +11,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonl import write_jsonl
 
 from batchrun import RunConfig, run_batch
 from batchrun.errors import InputError
@@ -89,11 +90,6 @@ def test_bad_lines_become_invalid_input(line: bytes, expected: str) -> None:
     assert item.error.to_record()["type"] == "invalid_input"
 
 
-def write_lines(path: Path, objs: Sequence[object]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in objs))
-    return path
-
-
 def test_formats_are_detected(tmp_path: Path) -> None:
     mistral = {"custom_id": "a", "body": {"messages": GOOD["messages"]}}
     openai = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": GOOD}
@@ -103,13 +99,13 @@ def test_formats_are_detected(tmp_path: Path) -> None:
         (openai, InputFormat.OPENAI_BATCH),
     ]
     for obj, fmt in cases:
-        path = write_lines(tmp_path / f"{fmt}.jsonl", [obj])
+        path = write_jsonl(tmp_path / f"{fmt}.jsonl", [obj])
         assert scan_input(path, 1 << 20).format is fmt
 
 
 def test_mistral_batch_takes_model_from_cli(tmp_path: Path) -> None:
     line = {"custom_id": "a", "body": {"messages": GOOD["messages"]}}
-    path = write_lines(tmp_path / "in.jsonl", [line])
+    path = write_jsonl(tmp_path / "in.jsonl", [line])
     without = list(
         iter_requests(path, LineParser(InputFormat.MISTRAL_BATCH), 1 << 20, skip=lambda i: False)
     )
@@ -125,14 +121,14 @@ def test_mistral_batch_takes_model_from_cli(tmp_path: Path) -> None:
 def test_openai_envelope_is_checked(tmp_path: Path) -> None:
     bad = {"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": GOOD}
     parser = LineParser(InputFormat.OPENAI_BATCH)
-    path = write_lines(tmp_path / "in.jsonl", [bad])
+    path = write_jsonl(tmp_path / "in.jsonl", [bad])
     (item,) = iter_requests(path, parser, 1 << 20, skip=lambda i: False)
     assert isinstance(item, BadLine)
     assert item.error.field == "method"
 
 
 def test_mixed_formats_are_per_line_errors(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "in.jsonl", [GOOD, {"custom_id": "x", "body": GOOD}])
+    path = write_jsonl(tmp_path / "in.jsonl", [GOOD, {"custom_id": "x", "body": GOOD}])
     items = list(iter_requests(path, LineParser(InputFormat.PLAIN), 1 << 20, skip=lambda i: False))
     assert isinstance(items[1], BadLine)
     assert "one format per file" in str(items[1].error)
@@ -140,7 +136,7 @@ def test_mixed_formats_are_per_line_errors(tmp_path: Path) -> None:
 
 def test_duplicate_custom_ids_are_refused_with_lines(tmp_path: Path) -> None:
     lines = [{"custom_id": cid, "body": GOOD} for cid in ["a", "b", "a", "c", "b"]]
-    path = write_lines(tmp_path / "in.jsonl", lines)
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     with pytest.raises(InputError) as info:
         scan_input(path, 1 << 20)
     message = str(info.value)
@@ -150,7 +146,7 @@ def test_duplicate_custom_ids_are_refused_with_lines(tmp_path: Path) -> None:
 
 
 def test_scan_hashes_and_counts(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "in.jsonl", [GOOD, GOOD])
+    path = write_jsonl(tmp_path / "in.jsonl", [GOOD, GOOD])
     path.write_bytes(path.read_bytes() + b"\n\n")
     scan = scan_input(path, 1 << 20)
     assert scan.requests == 2
@@ -160,7 +156,7 @@ def test_scan_hashes_and_counts(tmp_path: Path) -> None:
 
 
 def test_skip_avoids_parsing_and_limit_stops(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "in.jsonl", [GOOD] * 5)
+    path = write_jsonl(tmp_path / "in.jsonl", [GOOD] * 5)
     parser = LineParser(InputFormat.PLAIN)
     items = list(iter_requests(path, parser, 1 << 20, skip=lambda i: i % 2 == 0, limit=4))
     assert [item.index for item in items] == [1, 3]
@@ -175,7 +171,7 @@ def test_plain_lines_are_sent_byte_for_byte_when_unchanged(tmp_path: Path) -> No
 
 
 def test_force_stream_sets_the_flag(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "in.jsonl", [GOOD])
+    path = write_jsonl(tmp_path / "in.jsonl", [GOOD])
     parser = LineParser(InputFormat.PLAIN, force_stream=True)
     (item,) = iter_requests(path, parser, 1 << 20, skip=lambda i: False)
     assert isinstance(item, Request)
@@ -228,7 +224,7 @@ def test_a_bad_line_is_reported_at_its_line_number(
 def test_a_parsed_line_that_fails_validation_keeps_its_custom_id(
     tmp_path: Path, line: dict[str, object], fmt: InputFormat, custom_id: str | None
 ) -> None:
-    path = write_lines(tmp_path / "in.jsonl", [line])
+    path = write_jsonl(tmp_path / "in.jsonl", [line])
     parser = LineParser(fmt, default_model="m")
     (item,) = iter_requests(path, parser, 1 << 20, skip=lambda i: False)
     assert isinstance(item, BadLine)
@@ -236,7 +232,7 @@ def test_a_parsed_line_that_fails_validation_keeps_its_custom_id(
 
 
 def test_only_the_scanned_bytes_are_read(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "in.jsonl", [GOOD, GOOD])
+    path = write_jsonl(tmp_path / "in.jsonl", [GOOD, GOOD])
     scan = scan_input(path, 1 << 20)
     assert scan.size == len(path.read_bytes())
     with path.open("ab") as more:
@@ -253,7 +249,7 @@ async def test_invalid_input_records_carry_the_custom_id_end_to_end(
     good = {"custom_id": "a-1", "method": "POST", "url": "/v1/chat/completions", "body": GOOD}
     bad_url = {**good, "custom_id": "a-2", "url": "/v1/embeddings"}
     bad_body = {**good, "custom_id": "a-3", "body": {"model": "m"}}
-    path = write_lines(tmp_path / "in.jsonl", [good, bad_url, bad_body])
+    path = write_jsonl(tmp_path / "in.jsonl", [good, bad_url, bad_body])
     server = mock_server()
     config = RunConfig(input_path=path, outdir=tmp_path / "out", base_url=server.url)
     with anyio.fail_after(30):

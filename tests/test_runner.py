@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from jsonl import chat_request, write_jsonl
 
 from batchrun import ResumeRefused, RetryConfig, RunConfig, RunReport, Timeouts, run_batch
 from batchrun.mockserver import MockServer
@@ -19,23 +20,8 @@ CANARY = "sk-canary-5f2b9c1d7e"
 OUTPUT_FILES = ("journal.jsonl", "results.jsonl", "errors.jsonl", "summary.json", "manifest.json")
 
 
-def request(i: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "model": "mistral-small-latest",
-        "messages": [{"role": "user", "content": f"line-{i}"}],
-        **extra,
-    }
-
-
 def faulty(i: int, fault: str, **mock: Any) -> dict[str, Any]:
-    return request(i, metadata={"mock": {"fault": fault, **mock}})
-
-
-def write_input(path: Path, lines: list[Any]) -> Path:
-    path.write_bytes(
-        b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines)
-    )
-    return path
+    return chat_request(i, metadata={"mock": {"fault": fault, **mock}})
 
 
 def config_for(server: MockServer, tmp_path: Path, input_path: Path, **options: Any) -> RunConfig:
@@ -78,7 +64,7 @@ async def test_results_are_in_input_order_under_random_latency(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server(latency_ms=1, jitter_ms=30, seed=3)
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(300)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(300)])
     report = await run(config_for(server, tmp_path, path, concurrency=32))
     assert report.exit_code == 0
     records = assert_complete(tmp_path / "out", 300)
@@ -120,9 +106,9 @@ async def test_each_fault_is_retried_or_recorded_per_policy(
         faulty(7, "404"),
         faulty(8, "502"),  # always failing: max_attempts, then recorded
         faulty(9, "redirect"),
-        request(10),
+        chat_request(10),
     ]
-    path = write_input(tmp_path / "in.jsonl", lines)
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     report = await run(config_for(server, tmp_path, path))
     assert report.exit_code == 2
     records = assert_complete(tmp_path / "out", len(lines))
@@ -159,8 +145,8 @@ async def test_retry_after_pauses_every_worker(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    lines = [faulty(0, "429", times=1, retry_after=0.6)] + [request(i) for i in range(1, 40)]
-    path = write_input(tmp_path / "in.jsonl", lines)
+    lines = [faulty(0, "429", times=1, retry_after=0.6)] + [chat_request(i) for i in range(1, 40)]
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     started = anyio.current_time()
     report = await run(config_for(server, tmp_path, path, concurrency=2))
     elapsed = anyio.current_time() - started
@@ -177,19 +163,19 @@ async def test_bad_input_lines_are_recorded_and_the_run_goes_on(
 ) -> None:
     server = mock_server()
     lines: list[Any] = [
-        request(0),
+        chat_request(0),
         b'{"model": "m", "messages": [}',
         b"\xff\xfe not utf-8",
         b"[1, 2, 3]",
         {"messages": [{"role": "user", "content": "x"}]},
-        request(5, temperature="hot"),
-        request(6, max_tokens=0),
+        chat_request(5, temperature="hot"),
+        chat_request(6, max_tokens=0),
         b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "top_p": NaN}',
         b"[" * 3000 + b"]" * 3000,
         b"",
-        request(9),
+        chat_request(9),
     ]
-    path = write_input(tmp_path / "in.jsonl", lines)
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     report = await run(config_for(server, tmp_path, path))
     assert report.exit_code == 2
     records = assert_complete(tmp_path / "out", 10)
@@ -210,7 +196,7 @@ async def test_resume_sends_only_what_is_missing(
 ) -> None:
     log = tmp_path / "requests.log"
     server = mock_server(request_log=log)
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(50)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(50)])
     first = await run(config_for(server, tmp_path, path, limit=20))
     assert first.exit_code == 0
     assert first.summary["status"] == "partial"
@@ -230,12 +216,12 @@ async def test_resume_is_refused_for_another_input_or_settings(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(5)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(5)])
     await run(config_for(server, tmp_path, path))
-    write_input(path, [request(i) for i in range(6)])
+    write_jsonl(path, [chat_request(i) for i in range(6)])
     with pytest.raises(ResumeRefused, match="different input"):
         await run(config_for(server, tmp_path, path))
-    write_input(path, [request(i) for i in range(5)])
+    write_jsonl(path, [chat_request(i) for i in range(5)])
     with pytest.raises(ResumeRefused, match="stream"):
         await run(config_for(server, tmp_path, path, stream=True))
     fresh = await run(config_for(server, tmp_path, path, stream=True, fresh=True))
@@ -248,7 +234,7 @@ async def test_torn_journal_tail_is_repaired_and_reported(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(10)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(10)])
     await run(config_for(server, tmp_path, path, limit=6))
     out = tmp_path / "out"
     journal = out / "journal.jsonl"
@@ -268,7 +254,7 @@ async def test_corruption_before_the_tail_is_refused(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(6)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(6)])
     await run(config_for(server, tmp_path, path, limit=4))
     journal = tmp_path / "out" / "journal.jsonl"
     lines = journal.read_bytes().splitlines(keepends=True)
@@ -282,8 +268,8 @@ async def test_retry_failed_resends_only_retryable_failures(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    lines = [request(0), faulty(1, "500", times=2), faulty(2, "422"), request(3)]
-    path = write_input(tmp_path / "in.jsonl", lines)
+    lines = [chat_request(0), faulty(1, "500", times=2), faulty(2, "422"), chat_request(3)]
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     retry = RetryConfig(max_attempts=2, backoff_base=0.01, backoff_cap=0.02)
     first = await run(config_for(server, tmp_path, path, retry=retry))
     assert first.exit_code == 2
@@ -301,7 +287,7 @@ async def test_auth_failures_stop_the_run_and_resume_resends_them(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     denying = mock_server(fault="401")
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(200)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(200)])
     report = await run(config_for(denying, tmp_path, path, concurrency=2))
     assert report.exit_code == 3
     assert report.summary["status"] == "aborted"
@@ -321,8 +307,8 @@ async def test_files_are_private_and_never_hold_the_key(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    lines = [request(0), faulty(1, "401"), faulty(2, "500"), b"not json"]
-    path = write_input(tmp_path / "in.jsonl", lines)
+    lines = [chat_request(0), faulty(1, "401"), faulty(2, "500"), b"not json"]
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     await run(config_for(server, tmp_path, path))
     out = tmp_path / "out"
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
@@ -338,9 +324,9 @@ async def test_mixed_streamed_and_plain_lines(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server(stream_chunks=6)
-    lines = [request(i, stream=(i % 2 == 0)) for i in range(20)]
-    lines[4] = request(4, stream=True, metadata={"mock": {"fault": "cut", "times": 1}})
-    path = write_input(tmp_path / "in.jsonl", lines)
+    lines = [chat_request(i, stream=(i % 2 == 0)) for i in range(20)]
+    lines[4] = chat_request(4, stream=True, metadata={"mock": {"fault": "cut", "times": 1}})
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     report = await run(config_for(server, tmp_path, path))
     assert report.exit_code == 0
     records = assert_complete(tmp_path / "out", 20)
@@ -361,10 +347,10 @@ async def test_streamed_tool_calls_match_the_plain_reply(
     server = mock_server(stream_chunks=7)
     tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
     lines = [
-        request(0, tools=[tool], tool_choice="any"),
-        request(0, tools=[tool], tool_choice="any", stream=True),
+        chat_request(0, tools=[tool], tool_choice="any"),
+        chat_request(0, tools=[tool], tool_choice="any", stream=True),
     ]
-    path = write_input(tmp_path / "in.jsonl", lines)
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     report = await run(config_for(server, tmp_path, path))
     assert report.exit_code == 0
     plain, streamed = (r["response"]["choices"][0] for r in assert_complete(tmp_path / "out", 2))
@@ -381,7 +367,7 @@ async def test_streamed_runs_resume_like_plain_ones(
 ) -> None:
     log = tmp_path / "requests.log"
     server = mock_server(request_log=log)
-    path = write_input(tmp_path / "in.jsonl", [request(i) for i in range(30)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(30)])
     first = await run(config_for(server, tmp_path, path, stream=True, limit=12))
     assert first.summary["counts"]["done"] == 12
     second = await run(config_for(server, tmp_path, path, stream=True))

@@ -8,11 +8,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
 import orjson
 import pytest
+from jsonl import chat_request, write_jsonl
 
 from batchrun import ConfigError, RetryConfig, RunConfig, run_batch
 from batchrun.mockserver import MockServer
@@ -21,22 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 CANARY = "sk-canary-echo-7d31a9c2e5"
 # Quote and backslash: JSON escapes them, once in a reply, twice in a kept error body.
 ESCAPED_CANARY = 'sk-"canary\\echo-4b8e'
-
-
-def request(i: int, fault: str | None = None, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": "mistral-small-latest",
-        "messages": [{"role": "user", "content": f"line-{i}"}],
-        **extra,
-    }
-    if fault is not None:
-        body["metadata"] = {"mock": {"fault": fault}}
-    return body
-
-
-def write_input(path: Path, lines: list[dict[str, Any]]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
-    return path
 
 
 def forms(key: str) -> list[bytes]:
@@ -72,8 +56,12 @@ async def test_echoed_headers_never_reach_a_file(
     mock_server: Callable[..., MockServer], tmp_path: Path, key: str
 ) -> None:
     server = mock_server()
-    lines = [request(0), request(1, "echo_headers"), request(2, "echo_headers", stream=True)]
-    path = write_input(tmp_path / "in.jsonl", [*lines, request(3)])
+    lines = [
+        chat_request(0),
+        chat_request(1, "echo_headers"),
+        chat_request(2, "echo_headers", stream=True),
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", [*lines, chat_request(3)])
     config = RunConfig(
         input_path=path,
         outdir=tmp_path / "out",
@@ -97,8 +85,9 @@ def test_echoed_key_is_absent_from_files_stdout_and_stderr(
     mock_server: Callable[..., MockServer], tmp_path: Path
 ) -> None:
     server = mock_server()
-    path = write_input(
-        tmp_path / "in.jsonl", [request(i, "echo_headers" if i % 3 else None) for i in range(30)]
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [chat_request(i, "echo_headers" if i % 3 else None) for i in range(30)],
     )
     out = tmp_path / "out"
     proc = batchrun_run(
@@ -112,7 +101,7 @@ def test_echoed_key_is_absent_from_files_stdout_and_stderr(
 
 @pytest.mark.parametrize("key", ["sk-abc\ndef-123456", "sk-abc\x00def", "sk-clé-123456"])
 def test_a_key_no_header_can_carry_is_a_config_error(tmp_path: Path, key: str) -> None:
-    path = write_input(tmp_path / "in.jsonl", [request(0)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(0)])
     env_key = key.replace("\x00", "\x01")  # the environment cannot hold a NUL
     out = str(tmp_path / "out")
     proc = batchrun_run(env_key, str(path), "-o", out, "-q", "--base-url", "http://127.0.0.1:9")
@@ -126,7 +115,7 @@ def test_a_key_no_header_can_carry_is_a_config_error(tmp_path: Path, key: str) -
 
 @pytest.mark.anyio
 async def test_run_batch_refuses_a_key_with_a_newline(tmp_path: Path) -> None:
-    path = write_input(tmp_path / "in.jsonl", [request(0)])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(0)])
     config = RunConfig(input_path=path, outdir=tmp_path / "out", base_url="http://127.0.0.1:9")
     with anyio.fail_after(10), pytest.raises(ConfigError, match="control or non-ASCII"):
         await run_batch(config, api_key="sk-line-one\nline-two")
