@@ -18,8 +18,6 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
 __all__ = [
     "LiveStats",
@@ -178,52 +176,53 @@ def _error_of(line: bytes) -> dict[str, Any]:
 
 def render_summary(summary: dict[str, Any], console: Console, command: str | None = None) -> None:
     """The short human summary printed at the end of `batchrun run`; `command` is the
-    shortest command that resumes this OUTDIR, for the next-step hint."""
-    console.print(_table(summary))
+    shortest command that resumes this OUTDIR, for the next-step hint. Plain aligned
+    lines, not a rich table: a table pads every row to its widest, which fills CI logs
+    with trailing blanks, and every cell is text, never markup (error messages quote
+    input lines and server bodies)."""
+    rows = _rows(summary)
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        console.print(f"{label:<{width}}  {value}", highlight=False, markup=False)
     for line in next_steps(summary, command):
         console.print(line, highlight=False, markup=False)
 
 
-class _PlainTable(Table):
-    """Cells are text, never markup: error messages quote input lines and server bodies."""
-
-    def add_row(self, *cells: Any, **options: Any) -> None:
-        super().add_row(*(Text(cell) for cell in cells), **options)
-
-
-def _table(summary: dict[str, Any]) -> Table:
+def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     counts, session = summary["counts"], summary["session"]
-    table = _PlainTable(show_header=False, box=None, pad_edge=False)
-    table.add_row(
-        "status", summary["status"] + (f" ({summary['reason']})" if summary["reason"] else "")
-    )
-    table.add_row(
-        "lines",
-        f"{counts['ok']:,} ok · {counts['failed']:,} failed · {counts['not_done']:,} not done"
-        f" (of {counts['requests']:,})",
-    )
+    reason = f" ({summary['reason']})" if summary["reason"] else ""
+    rows = [
+        ("status", summary["status"] + reason),
+        (
+            "lines",
+            f"{counts['ok']:,} ok · {counts['failed']:,} failed · {counts['not_done']:,} "
+            f"not done (of {counts['requests']:,})",
+        ),
+    ]
     if counts["errors_by_type"]:
-        table.add_row(
-            "errors", ", ".join(f"{k} {v:,}" for k, v in counts["errors_by_type"].items())
+        rows.append(
+            ("errors", ", ".join(f"{k} {v:,}" for k, v in counts["errors_by_type"].items()))
         )
     for rank, top in enumerate(summary.get("top_errors") or ()):
-        table.add_row(
-            "most common" if rank == 0 else "",
-            f"{top['count']:,} {_lines(top['count'])}: {top['message']} ({top['type']})",
-        )
+        message = f"{top['count']:,} {_lines(top['count'])}: {top['message']} ({top['type']})"
+        rows.append(("most common" if rank == 0 else "", message))
     tokens = summary["tokens"]
-    table.add_row(
-        "tokens",
-        f"{tokens['prompt_tokens']:,} prompt · {tokens['completion_tokens']:,} completion",
+    rows.append(
+        (
+            "tokens",
+            f"{tokens['prompt_tokens']:,} prompt · {tokens['completion_tokens']:,} completion",
+        )
     )
-    if summary["latency_ms"]:
-        lat = summary["latency_ms"]
-        table.add_row("latency", f"p50 {lat['p50']} ms · p90 {lat['p90']} ms · p99 {lat['p99']} ms")
-    if summary["ttft_ms"]:
-        ttft = summary["ttft_ms"]
-        table.add_row("ttft", f"p50 {ttft['p50']} ms · p90 {ttft['p90']} ms · p99 {ttft['p99']} ms")
-    table.add_row("this run", _session_line(session))
-    return table
+    for name, key in (("latency", "latency_ms"), ("ttft", "ttft_ms")):
+        if figures := summary[key]:
+            rows.append(
+                (
+                    name,
+                    f"p50 {figures['p50']} ms · p90 {figures['p90']} ms · p99 {figures['p99']} ms",
+                )
+            )
+    rows.append(("this run", _session_line(session)))
+    return rows
 
 
 def _session_line(session: dict[str, Any]) -> str:

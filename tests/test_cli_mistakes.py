@@ -325,6 +325,8 @@ def test_non_terminal_output_is_not_wrapped(
     result = invoke("run", str(path), "-o", str(out), "--base-url", server.url)
     assert result.exit_code == 0, result.output
     assert f"results: {out / 'results.jsonl'}\n" in result.output
+    # A long row (here the status reason) must not pad every other row with blanks.
+    assert not [line for line in result.output.splitlines() if line != line.rstrip()]
 
 
 def test_no_request_rate_when_nothing_was_sent(tmp_path: Path) -> None:
