@@ -519,7 +519,9 @@ class _Run:
             total_tokens=self.stats.total_tokens,
         )
         manifest = orjson.loads(self.paths.manifest.read_bytes())
-        summary = build_summary(self.paths, manifest, session, self._extra())
+        # Lines done beyond a gap are in the journal only: they count all the same.
+        pending = sorted((offset, length) for offset, length, _ in self.state.pending.values())
+        summary = build_summary(self.paths, manifest, session, self._extra(), pending)
         if code == EXIT_OK and summary["counts"]["failed"]:
             code = EXIT_FAILED_LINES
         write_summary(self.paths, summary)

@@ -1,7 +1,8 @@
 """summary.json: counts, tokens per model, latency and TTFT percentiles, throughput.
 
-Built from results.jsonl at the end of every session, so it always describes the whole
-batch (all sessions), never just the part this process happened to run. A record may
+Built from results.jsonl, plus the journal records of lines done beyond a gap (a run
+stopped early), at the end of every session, so it always describes the whole batch
+(all sessions), never just the part this process happened to run. A record may
 hold any JSON shape (a server's reply is kept verbatim, old files may be edited): a
 field of the wrong type counts as absent, never as an error.
 
@@ -19,6 +20,7 @@ Rates mean what they say:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ import orjson
 from .journal import Paths, write_atomic
 
 __all__ = ["SessionInfo", "Totals", "build_summary", "percentiles", "write_summary"]
+
+Span = tuple[int, int]  # (offset, length) of one record in journal.jsonl
 
 PERCENTILES = (50, 90, 99)
 TOKEN_KEYS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
@@ -136,12 +140,19 @@ def percentiles(values: list[float]) -> dict[str, float] | None:
     return result
 
 
-def read_totals(results: Path) -> Totals:
+def read_totals(results: Path, journal: Path | None = None, spans: Iterable[Span] = ()) -> Totals:
+    """Totals over results.jsonl plus the journal records at `spans`: lines done but not
+    yet in the ordered results (a run stopped with gaps below them) still count."""
     totals = Totals()
     if results.exists():
         with results.open("rb") as stream:
             for line in stream:
                 totals.add(_parsed(line))
+    if journal is not None and journal.exists():
+        with journal.open("rb") as stream:
+            for offset, length in spans:
+                stream.seek(offset)
+                totals.add(_parsed(stream.read(length)))
     return totals
 
 
@@ -153,9 +164,14 @@ def _parsed(line: bytes) -> object:
 
 
 def build_summary(
-    paths: Paths, manifest: dict[str, Any], session: SessionInfo, extra: dict[str, Any]
+    paths: Paths,
+    manifest: dict[str, Any],
+    session: SessionInfo,
+    extra: dict[str, Any],
+    pending: Iterable[Span] = (),
 ) -> dict[str, Any]:
-    totals = read_totals(paths.results)
+    """`pending`: journal spans of records done but not yet in results.jsonl."""
+    totals = read_totals(paths.results, paths.journal, pending)
     requests = int(manifest["requests"])
     done = totals.ok + totals.failed
     return {

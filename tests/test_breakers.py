@@ -67,6 +67,10 @@ async def test_an_unreachable_server_stops_the_run_and_resume_sends_those_lines(
     failed = records(tmp_path / "out", "journal.jsonl")
     assert 10 <= len(failed) < 10 + 8  # the streak, and lines that were in flight
     assert {r["error"]["type"] for r in failed} == {"connection"}
+    # Counted whether or not a gap below them kept them out of results.jsonl so far.
+    counts = report.summary["counts"]
+    assert (counts["failed"], counts["done"]) == (len(failed), len(failed))
+    assert counts["errors_by_type"] == {"connection": len(failed)}
     server = mock_server()
     again = await run(config(path, tmp_path, server.url))  # no flag needed
     assert again.exit_code == 0
