@@ -34,7 +34,7 @@ from .config import (
 )
 from .config import default_outdir as _default_outdir
 from .errors import BatchrunError
-from .mockserver import FAULT_KINDS, MockConfig, MockServer, serve
+from .mock.kinds import FAULT_HELP, FAULT_KINDS
 from .progress import render_summary, stderr_console
 from .reader import STDIN
 from .runner import EXIT_INTERRUPTED, RunReport, run_batch
@@ -371,37 +371,12 @@ def _mock_server(
     if not enabled:
         yield None
         return
+    # Imported here, not at the top: a run without --mock never loads the server.
+    from .mock import MockConfig, MockServer  # noqa: PLC0415
+
     config = MockConfig(latency_ms=latency_ms, fail_rate=fail_rate, require_auth=not no_auth)
     with MockServer(config) as server:
         yield server.url
-
-
-# One line per kind, what the server does. Streamed kinds break a streamed reply halfway;
-# a non-streamed request gets their twin (cut -> drop, stall -> hang, malformed -> invalid_json).
-FAULT_HELP = {
-    "429": "429 Too Many Requests with Retry-After (--retry-after); retried, one shared pause",
-    "408": "408 Request Timeout; retried",
-    "409": "409 Conflict; retried",
-    "500": "500 Internal Server Error; retried",
-    "502": "502 Bad Gateway; retried",
-    "503": "503 Service Unavailable; retried",
-    "504": "504 Gateway Timeout; retried",
-    "400": "400 Bad Request; not retried",
-    "401": "401 Unauthorized; not retried, three in a row stop the run",
-    "403": "403 Forbidden; not retried, three in a row stop the run",
-    "404": "404 Not Found; not retried",
-    "422": "422 Unprocessable Entity; not retried",
-    "drop": "close the connection without an answer",
-    "hang": "never answer; the connection stays open until the client gives up",
-    "invalid_json": "200 whose body is not JSON",
-    "redirect": "307 to the same URL (batchrun follows no redirect)",
-    "cut": "stream: stop halfway, no [DONE], connection closed (not streamed: drop)",
-    "stall": "stream: go silent halfway, connection kept open (not streamed: hang)",
-    "malformed": "stream: a non-JSON event halfway, then [DONE] (not streamed: invalid_json)",
-    "keepalive": "stream: `: keep-alive` comments only, forever (not streamed: hang)",
-    "trickle": "stream: one word at a time, forever (not streamed: hang)",
-    "echo_headers": "400 whose JSON body echoes the request's headers, key included",
-}
 
 
 MOCK_DIRECTIVES = """\b
@@ -478,6 +453,8 @@ def mock_server(
     no_auth: bool,
     request_log: Path | None,
 ) -> None:
+    from .mock import MockConfig, serve  # noqa: PLC0415 (only this command needs the server)
+
     config = MockConfig(
         latency_ms=latency_ms,
         jitter_ms=jitter_ms,

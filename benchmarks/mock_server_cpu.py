@@ -24,7 +24,7 @@ import orjson
 
 SERVER = """
 import asyncio, sys
-from batchrun.mockserver import MockConfig, serve
+from batchrun.mock import MockConfig, serve
 config = MockConfig(stream_chunks=int(sys.argv[1]))
 asyncio.run(serve(config, "127.0.0.1", 0, ready=lambda port: print(port, flush=True)))
 """

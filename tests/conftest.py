@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from batchrun.mockserver import MockConfig, MockServer
+from batchrun.mock import MockConfig, MockServer
 
 
 @pytest.fixture

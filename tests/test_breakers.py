@@ -17,7 +17,7 @@ from jsonl import chat_request, write_jsonl
 from batchrun import RetryConfig, RunConfig, RunReport, Timeouts, run_batch
 from batchrun.cli import main
 from batchrun.journal import _needs_redo
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 
 KEY = "sk-test-breakers"
 FAST = RetryConfig(max_attempts=3, backoff_base=0.01, backoff_cap=0.05)

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchrun.cli import main
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 
 REPO = Path(__file__).resolve().parent.parent
 CANARY = "sk-canary-0b7e4f93aa21"

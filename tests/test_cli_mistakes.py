@@ -24,9 +24,9 @@ from click.testing import CliRunner, Result
 from jsonl import write_jsonl
 
 from batchrun import RunConfig, run_batch
-from batchrun.cli import FAULT_HELP, main
-from batchrun.mockfaults import FAULT_KINDS
-from batchrun.mockserver import MockServer
+from batchrun.cli import main
+from batchrun.mock import MockServer
+from batchrun.mock.kinds import FAULT_HELP, FAULT_KINDS
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-test-key"

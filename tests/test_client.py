@@ -22,7 +22,7 @@ from batchrun.errors import (
     TransientError,
     TransportFailure,
 )
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 

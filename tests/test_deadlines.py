@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from batchrun import ConfigError, RetryConfig, RunConfig, RunReport, Timeouts, run_batch
 from batchrun.cli import main
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 
 Factory = Callable[..., MockServer]
 ONE_ATTEMPT = RetryConfig(max_attempts=1)

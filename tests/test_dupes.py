@@ -19,7 +19,7 @@ from batchrun import reader
 from batchrun.cli import main
 from batchrun.dupes import DEFAULT_BUFFER_IDS, Duplicate, DuplicateFinder, Duplicates, id_hash
 from batchrun.errors import InputError
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 from batchrun.reader import scan_input
 
 BODY = {"messages": [{"role": "user", "content": "hi"}]}

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchrun import RetryConfig, RunConfig, RunReport, Timeouts, run_batch
-from batchrun.mockserver import MockConfig, MockServer
+from batchrun.mock import MockConfig, MockServer
 
 Factory = Callable[..., MockServer]
 MODEL = "mistral-small-latest"

@@ -23,7 +23,7 @@ from jsonl import read_jsonl
 
 from batchrun import ConfigError, ResumeRefused, RetryConfig, RunConfig, RunReport, run_batch
 from batchrun.journal import Paths
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-test-interruptions-0c4d"

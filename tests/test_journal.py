@@ -18,7 +18,7 @@ from batchrun import run_batch
 from batchrun.config import RunConfig
 from batchrun.errors import ResumeRefused
 from batchrun.journal import OutdirLock, Paths, ResumeState, open_outdir
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 from batchrun.output import Completed, ResultWriter
 from batchrun.reader import InputFormat, InputScan
 

@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from batchrun.mockserver import FAULT_KINDS, MockConfig, MockServer, serve
+from batchrun.mock import FAULT_KINDS, MockConfig, MockServer, serve
 
 KEY = {"authorization": "Bearer k"}
 CHAT = "/v1/chat/completions"

@@ -15,7 +15,7 @@ from jsonl import write_jsonl
 
 from batchrun import RunConfig, run_batch
 from batchrun.errors import InputError
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 from batchrun.reader import (
     BadLine,
     InputFormat,

@@ -18,7 +18,7 @@ from batchrun import RunConfig, run_batch
 from batchrun.cli import main
 from batchrun.config import RetryConfig
 from batchrun.errors import ClientError, RateLimited, RetryableStatus, Timeout
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 from batchrun.retry import RetryBudget, RetryPolicy, SharedPause
 
 DEMO = Path(__file__).resolve().parent.parent / "jobs" / "demo.jsonl"

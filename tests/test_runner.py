@@ -14,7 +14,7 @@ import pytest
 from jsonl import chat_request, write_jsonl
 
 from batchrun import ResumeRefused, RetryConfig, RunConfig, RunReport, Timeouts, run_batch
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 
 CANARY = "sk-canary-5f2b9c1d7e"
 OUTPUT_FILES = ("journal.jsonl", "results.jsonl", "errors.jsonl", "summary.json", "manifest.json")

@@ -15,7 +15,7 @@ import pytest
 from jsonl import chat_request, write_jsonl
 
 from batchrun import ConfigError, RetryConfig, RunConfig, run_batch
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 
 REPO = Path(__file__).resolve().parent.parent
 CANARY = "sk-canary-echo-7d31a9c2e5"

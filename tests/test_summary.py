@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from batchrun import RetryConfig, RunConfig, RunReport, run_batch
 from batchrun.cli import main
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 from batchrun.summary import MIN_DECODE_MS, Totals
 
 Factory = Callable[..., MockServer]

@@ -5,7 +5,7 @@ Besides faults, a request may script its whole reply (`metadata.mock.raw`: statu
 headers, body or events, checked here so the HTTP framing stays intact) and have any
 reply dripped one byte at a time (`metadata.mock.drip_ms`).
 
-No sockets here: mockserver.py owns HTTP, mockreply.py what replies say.
+No sockets here: server.py owns HTTP, replies.py what replies say, kinds.py the fault names.
 """
 
 from __future__ import annotations
@@ -25,20 +25,11 @@ from typing import IO, Any
 
 import orjson
 
-from .mockreply import RawReply, error_body, rate_limit_headers, unauthorized_body
+from .kinds import FAULT_KINDS, STREAM_FAULTS
+from .replies import RawReply, error_body, rate_limit_headers, unauthorized_body
 
-__all__ = ["FAULT_KINDS", "MockConfig", "MockState", "Plan"]
+__all__ = ["MockConfig", "MockState", "Plan"]
 
-STATUS_FAULTS = ("429", "408", "409", "500", "502", "503", "504", "400", "401", "403", "404", "422")
-# keepalive: a 200 stream of `: keep-alive` comments only; trickle: one word at a time,
-# forever. Both never end by themselves: they exist to test the client's deadlines.
-STREAM_FAULTS = ("cut", "stall", "malformed", "keepalive", "trickle")
-FAULT_KINDS: tuple[str, ...] = (
-    *STATUS_FAULTS,
-    *("drop", "hang", "invalid_json", "redirect"),
-    *STREAM_FAULTS,
-    "echo_headers",  # a 400 whose body echoes the request headers, as a server in the wild did
-)
 RANDOM_FAULTS = ("500", "503", "429", "drop")  # what `fail_rate` draws from: all transient
 NON_STREAM_TWIN = {
     "cut": "drop",
@@ -140,7 +131,7 @@ class MockState:
         body: dict[str, Any] | None,
         invalid: bytes | None,
     ) -> Plan:
-        """Auth, then the 422 from `mockreply.parse_chat`, then fault, delay and stream shape."""
+        """Auth, then the 422 from `replies.parse_chat`, then fault, delay and stream shape."""
         config = self.config
         delay_ms = config.latency_ms
         if config.jitter_ms:

@@ -1,8 +1,8 @@
 """The built-in Mistral-compatible HTTP server: real 127.0.0.1 sockets, keep-alive, streams.
 
 Owns the HTTP/1.1 connections (Content-Length bodies, keep-alive, pipelining, chunked
-streamed replies), their shutdown and the background-thread wrapper. mockfaults.py decides
-what each request gets, mockreply.py what the reply says. It sits on a raw asyncio.Protocol,
+streamed replies), their shutdown and the background-thread wrapper. faults.py decides
+what each request gets, replies.py what the reply says. It sits on a raw asyncio.Protocol,
 not a framework, so a request costs a few tens of microseconds and benchmarks measure the
 client.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from .mockfaults import FAULT_KINDS, MockConfig, MockState, Plan
-from .mockreply import (
+from .faults import MockConfig, MockState, Plan
+from .replies import (
     BROKEN_JSON,
     HEALTH_BODY,
     MODELS_BODY,
@@ -39,7 +39,7 @@ from .mockreply import (
     trickle_event,
 )
 
-__all__ = ["FAULT_KINDS", "MockConfig", "MockServer", "serve"]
+__all__ = ["MockServer", "serve"]
 
 CHAT_PATH = "/v1/chat/completions"
 ROUTES = {"/health": "GET", "/v1/models": "GET", CHAT_PATH: "POST"}

@@ -2,8 +2,8 @@
 error bodies and the HTTP bytes around them.
 
 Pure functions of the request (no sockets, state, or clock beyond `created`), so the same
-body always gets the same reply and tests can predict it; mockfaults.py decides which
-reply a request gets, mockserver.py sends it.
+body always gets the same reply and tests can predict it; faults.py decides which reply
+a request gets, server.py sends it.
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def chunk(data: bytes) -> bytes:
 @dataclass(frozen=True, slots=True)
 class RawReply:
     """A reply a test scripted byte for byte (`metadata.mock.raw`), already checked by
-    mockfaults.py to keep the HTTP framing intact: the mock still writes the framing
+    faults.py to keep the HTTP framing intact: the mock still writes the framing
     headers (content-length or chunked, connection) itself."""
 
     status: int
