@@ -7,18 +7,13 @@ failure streak cancels the workers; either way the writer drains what completed.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import math
-import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import orjson
@@ -29,17 +24,10 @@ from rich.text import Text
 
 from .client import ChatClient, Reply
 from .config import RunConfig
-from .errors import Aborted, ConfigError, InputError, RequestFailed
-from .journal import (
-    OutdirLock,
-    Paths,
-    ResumeState,
-    check_input_outside_outputs,
-    load_state,
-    lock_outdir,
-    open_outdir,
-)
+from .errors import Aborted, InputError, RequestFailed
+from .journal import Paths, ResumeState
 from .output import Completed, ResultWriter, SentLog, error_record, ok_record, write_failed
+from .prepare import api_key_for, open_run
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
 from .reader import (
     BadLine,
@@ -47,11 +35,7 @@ from .reader import (
     InputScan,
     LineParser,
     Request,
-    check_models,
     iter_requests,
-    needs_spool,
-    scan_input,
-    spool_input,
     unused_model_warning,
 )
 from .retry import RetryPolicy
@@ -63,9 +47,6 @@ __all__ = ["RunReport", "run_batch"]
 EXIT_OK, EXIT_FAILED_LINES, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 2, 3, 130
 TICK_S = 0.25
 MAX_BATCH = 4096
-SPOOL_POLL_S = 0.05
-FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -91,14 +72,8 @@ async def run_batch(
     are first copied into OUTDIR/input.jsonl so a rerun can resume from them. An input
     that yields fewer lines during the run than when it was scanned (cut short or
     replaced under us) raises `InputError` (exit 1) once the lines read are written."""
-    key = _key(config, api_key)
-    check_input_outside_outputs(config.input_path, config.outdir)
-    if needs_spool(config.input_path):
-        config, scan, lock, state = await _open_spooled(config, console)
-    else:
-        scan = await _scan(config, config.input_path, console)
-        with _outdir_errors(config.outdir):
-            lock, state = open_outdir(config, scan)
+    key = api_key_for(config, api_key)
+    config, scan, lock, state = await open_run(config, console)
     try:
         async with ChatClient(
             config.endpoint, key, concurrency=config.concurrency, timeouts=config.timeouts
@@ -107,105 +82,6 @@ async def run_batch(
             return await run.execute(console, show_progress, secret=key)
     finally:
         lock.release()
-
-
-async def _scan(config: RunConfig, path: Path, console: Console | None) -> InputScan:
-    """The input's pre-pass, and the model check it allows before OUTDIR is touched
-    (a manifest written for a run that cannot start would refuse the corrected rerun)."""
-    scan = await anyio.to_thread.run_sync(scan_input, path, config.max_line_bytes)
-    warning = check_models(scan, config.model, config.override_model)
-    if warning and console is not None:
-        console.print(Text.assemble(("warning", "yellow"), f": {warning}"), highlight=False)
-    return scan
-
-
-def _key(config: RunConfig, api_key: str | None) -> str | None:
-    if config.no_api_key:
-        return None
-    return _checked_key(api_key, config.api_key_env)
-
-
-async def _open_spooled(
-    config: RunConfig, console: Console | None
-) -> tuple[RunConfig, InputScan, OutdirLock, ResumeState]:
-    """Copy a one-shot input into OUTDIR, then open OUTDIR for it. The copy replaces
-    OUTDIR/input.jsonl only once the manifest check passed, so a refused resume (other
-    data on stdin) leaves the input the old results belong to in place."""
-    with _outdir_errors(config.outdir):
-        lock = lock_outdir(config.outdir)
-    try:
-        with _outdir_errors(config.outdir):
-            part = await _in_daemon_thread(lambda: spool_input(config.input_path, config.outdir))
-        try:
-            scan = await _scan(config, part, console)
-            config = replace(config, input_path=Paths(config.outdir).spooled_input)
-            with _outdir_errors(config.outdir):
-                state = load_state(config, scan)
-                os.replace(part, config.input_path)
-        finally:
-            part.unlink(missing_ok=True)
-    except BaseException:
-        lock.release()
-        raise
-    return config, scan, lock, state
-
-
-async def _in_daemon_thread(func: Callable[[], T]) -> T:
-    """Run a blocking call that may never return (open() on a FIFO nobody writes to)
-    in a daemon thread, polled: Ctrl-C then stops the run at once, and the stuck
-    thread does not hold the process at exit as a worker thread would."""
-    outcome: list[T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            outcome.append(func())
-        except BaseException as exc:  # handed to the waiting task below
-            failure.append(exc)
-
-    thread = threading.Thread(target=target, name="batchrun-spool", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        await anyio.sleep(SPOOL_POLL_S)
-    if failure:
-        raise failure[0]
-    return outcome[0]
-
-
-@contextlib.contextmanager
-def _outdir_errors(outdir: Path) -> Iterator[None]:
-    """OSError while setting OUTDIR up: a full disk is resumable (exit 3), anything
-    else (permissions, a file where the directory should be) is a usage error."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in FULL_ERRNOS:
-            where = Path(exc.filename) if exc.filename else outdir
-            raise write_failed(where, exc) from exc
-        raise ConfigError(f"cannot use {outdir} as OUTDIR: {exc.strerror or exc}") from exc
-
-
-def _checked_key(api_key: str | None, env_name: str) -> str:
-    key = api_key if api_key is not None else _read_key(env_name)
-    if not (key.isascii() and key.isprintable()):
-        # Never echo it: the message itself would leak the key.
-        source = "the API key given" if api_key is not None else f"${env_name}"
-        raise ConfigError(
-            f"{source} holds a control or non-ASCII character (a pasted newline?), which "
-            "no HTTP header can carry; set the key again"
-        )
-    return key
-
-
-def _read_key(env_name: str) -> str:
-    key = os.environ.get(env_name, "").strip()
-    if not key:
-        raise ConfigError(
-            f"the API key variable {env_name} is not set: export {env_name}=... "
-            "(or name another variable with --api-key-env, --no-api-key for a server "
-            "without authentication, or try --mock)"
-        )
-    return key
 
 
 class _Run:
