@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = ["ADVERTISED", "Limiter", "Quota", "Verdict", "Window", "parse_storms"]
@@ -78,8 +77,7 @@ class Quota(NamedTuple):
     cost: int  # tokens this request was charged: 0 when refused or not metered
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     quota: Quota
     refused: str | None = None  # which allowance said no: storm, rps, rpm, tpm, tokens_month
     retry_after: float = 0.0  # seconds until it has room again
@@ -105,6 +103,8 @@ class Limiter:
         self._second = Window(1.0, rps) if rps is not None else None
         self._minute = Window(60.0, rpm)
         self._tokens = Window(60.0, tpm)
+        windows = (("rps", self._second), ("rpm", self._minute), ("tpm", self._tokens))
+        self._limited = tuple((n, w) for n, w in windows if w is not None and w.limit is not None)
         self._month = tokens_month
         self.month_used = 0
         self._storms, self._storm_retry_after = storms, storm_retry_after
@@ -122,22 +122,16 @@ class Limiter:
     def admit(self, now: float, cost: int) -> Verdict:
         """Count a request costing `cost` tokens arriving at `now`, or refuse it and count
         nothing. Storms first, then the monthly budget, then the windows."""
-        if any(start <= now < end for start, end in self._storms):
+        if self._storms and any(start <= now < end for start, end in self._storms):
             return Verdict(self.view(now), "storm", self._storm_retry_after)
         if self._month is not None and self.month_used >= self._month:
             # Exhausted, not "too small for this one": a real provider cannot know a
             # reply's size before generating it, so the last request may overdraw.
             return Verdict(self.view(now), "tokens_month", MONTH_S - now)
         refused, retry_after = None, 0.0
-        for name, window, amount in (
-            ("rps", self._second, 1),
-            ("rpm", self._minute, 1),
-            ("tpm", self._tokens, cost),
-        ):
-            if window is None:
-                continue
+        for name, window in self._limited:
             window.expire(now)
-            wait = window.wait(now, amount)
+            wait = window.wait(now, cost if window is self._tokens else 1)
             if wait > 0:
                 refused = refused or name
                 retry_after = max(retry_after, window.length if wait == math.inf else wait)
@@ -152,14 +146,16 @@ class Limiter:
 
     def _quota(self, now: float, cost: int) -> Quota:
         requests, tokens, month = self._limits
-        used_requests, used_tokens = self._minute.expire(now), self._tokens.expire(now)
-        return Quota(
+        requests_left = requests - self._minute.expire(now)
+        tokens_left = tokens - self._tokens.expire(now)
+        month_left = month - self.month_used
+        return Quota(  # clamped: unlimited use may pass what is only advertised
             requests,
-            max(0, requests - used_requests),
+            requests_left if requests_left > 0 else 0,
             tokens,
-            max(0, tokens - used_tokens),
+            tokens_left if tokens_left > 0 else 0,
             month,
-            max(0, month - self.month_used),
+            month_left if month_left > 0 else 0,
             cost,
         )
 
