@@ -401,7 +401,24 @@ body's fault). An unknown kind is answered 400.
 Examples:
   batchrun mock-server --port 8089 --latency-ms 200
   batchrun mock-server --fail-rate 0.1 --fault 429 --retry-after 0.5
+  batchrun mock-server --limit-rps 10 --limit-rpm 600 --storm 30:50
+
+\b
+Limits work like a provider's: a request that would put more than N requests (or
+tokens, as its reply's usage says) in the last 1 s or 60 s is answered 429 at once,
+with Retry-After (and retry-after-ms) saying when the window has room, and counts
+against nothing. Every reply carries Mistral's x-ratelimit-* headers with the true
+remaining values; without limits they advertise a generous account.
 """
+
+
+def _storms(specs: tuple[str, ...]) -> tuple[tuple[float, float], ...]:
+    from .mock.limits import parse_storms  # noqa: PLC0415 (only mock-server needs it)
+
+    try:
+        return parse_storms(specs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _mock_help() -> str:
@@ -437,7 +454,37 @@ def _mock_help() -> str:
 @click.option(
     "--request-log",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Append one JSON line per request received.",
+    help="Append one JSON line per request received: content, fault, stream, t (arrival, "
+    "s after the start), status (null: dropped or hung), limit (the allowance that said 429).",
+)
+@click.option(
+    "--limit-rps",
+    type=click.IntRange(min=0),
+    help="Requests allowed in any 1 s window; 0: none (every request 429).",
+)
+@click.option(
+    "--limit-rpm",
+    type=click.IntRange(min=0),
+    help="Requests allowed in any 60 s window; 0: none (every request 429).",
+)
+@click.option(
+    "--limit-tpm",
+    type=click.IntRange(min=0),
+    help="Tokens (the replies' usage.total_tokens) allowed in any 60 s window; 0: none.",
+)
+@click.option(
+    "--limit-tokens-month",
+    type=click.IntRange(min=0),
+    help="Token budget for the month (from the start); once spent, every request is 429.",
+)
+@click.option(
+    "--storm",
+    "storms",
+    multiple=True,
+    metavar="START:END",
+    callback=lambda _ctx, _param, specs: _storms(specs),
+    help="Answer every chat request arriving START..END s after the start with 429 "
+    "(Retry-After: --retry-after). Repeatable, or comma-separated.",
 )
 def mock_server(
     host: str,
@@ -452,6 +499,11 @@ def mock_server(
     seed: int,
     no_auth: bool,
     request_log: Path | None,
+    limit_rps: int | None,
+    limit_rpm: int | None,
+    limit_tpm: int | None,
+    limit_tokens_month: int | None,
+    storms: tuple[tuple[float, float], ...],
 ) -> None:
     from .mock import MockConfig, serve  # noqa: PLC0415 (only this command needs the server)
 
@@ -466,6 +518,11 @@ def mock_server(
         retry_after_s=retry_after,
         require_auth=not no_auth,
         request_log=request_log,
+        limit_rps=limit_rps,
+        limit_rpm=limit_rpm,
+        limit_tpm=limit_tpm,
+        limit_tokens_month=limit_tokens_month,
+        storms=storms,
     )
 
     def ready(bound: int) -> None:

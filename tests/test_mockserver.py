@@ -794,14 +794,16 @@ async def test_request_log_lines(mock_server: Factory, tmp_path: Path) -> None:
             await post(server, chat(), {**KEY, "x-mock-fault": "hang"}, timeout=0.2)
     lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
     assert read_before_reply.count(b"\n") == 1  # written on arrival, flushed, before latency
+    arrivals = [line.pop("t") for line in lines]  # s after the start; tests in test_mock_limits
+    assert arrivals == sorted(arrivals) and all(line.pop("limit") is None for line in lines)
     assert lines == [
-        {"content": "hello there", "fault": None, "stream": False},
-        {"content": "hello there", "fault": "500", "stream": True},
-        {"content": "hello there", "fault": None, "stream": False},
-        {"content": None, "fault": None, "stream": False},
-        {"content": None, "fault": None, "stream": False},
-        {"content": "hello there", "fault": "drop", "stream": False},
-        {"content": "hello there", "fault": "hang", "stream": False},
+        {"content": "hello there", "fault": None, "stream": False, "status": 200},
+        {"content": "hello there", "fault": "500", "stream": True, "status": 500},
+        {"content": "hello there", "fault": None, "stream": False, "status": 401},
+        {"content": None, "fault": None, "stream": False, "status": 200},
+        {"content": None, "fault": None, "stream": False, "status": 422},
+        {"content": "hello there", "fault": "drop", "stream": False, "status": None},
+        {"content": "hello there", "fault": "hang", "stream": False, "status": None},
     ]
 
 

@@ -1,5 +1,6 @@
 """The mock server's config and shared state: which fault and delay each request gets
-(header, body, config, fail_rate), the request log and the rate-limit counters.
+(header, body, config, fail_rate), whether its allowances admit it (limits.py), the rate-limit
+headers it carries and the request log.
 
 Besides faults, a request may script its whole reply (`metadata.mock.raw`: status,
 headers, body or events, checked here so the HTTP framing stays intact) and have any
@@ -19,14 +20,25 @@ import random
 import string
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 from .kinds import FAULT_KINDS, STREAM_FAULTS
-from .replies import RawReply, error_body, rate_limit_headers, unauthorized_body
+from .limits import Limiter, Verdict
+from .replies import (
+    RawReply,
+    completion,
+    error_body,
+    rate_limit_headers,
+    refusal_body,
+    reply_key,
+    retry_headers,
+    unauthorized_body,
+)
 
 __all__ = ["MockConfig", "MockState", "Plan"]
 
@@ -38,7 +50,8 @@ NON_STREAM_TWIN = {
     "keepalive": "hang",
     "trickle": "hang",
 }
-RATE_LIMITS = (100_000, 50_000_000)  # (requests, tokens) per minute, as advertised
+# Non-status kinds that are still answered; drop and hang get no status at all.
+ANSWERED = {"invalid_json": 200, "redirect": 307, "echo_headers": 400}
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,14 @@ class MockConfig:
     retry_after_s: float = 1.0  # Retry-After on injected 429s
     require_auth: bool = True  # 401 without "Authorization: Bearer <non-empty>"
     request_log: Path | None = None  # one JSON line per chat request received
+    # Provider-like allowances (limits.py), None for none; 0 is an account with no allowance.
+    limit_rps: int | None = None
+    limit_rpm: int | None = None
+    limit_tpm: int | None = None
+    limit_tokens_month: int | None = None
+    storms: tuple[tuple[float, float], ...] = ()  # (start, end) s after start: every chat 429
+    # Read once per chat request; tests pass a fake one to move the windows without waiting.
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULT_KINDS:
@@ -61,11 +82,17 @@ class MockConfig:
             raise ValueError("fail_rate must be within [0, 1] and stream_chunks at least 1")
         if min(self.latency_ms, self.jitter_ms, self.stream_delay_ms, self.retry_after_s) < 0:
             raise ValueError("latencies, delays and retry_after_s must not be negative")
+        limits = (self.limit_rps, self.limit_rpm, self.limit_tpm, self.limit_tokens_month)
+        if any(limit is not None and limit < 0 for limit in limits):
+            raise ValueError("limits must not be negative (0 means no allowance)")
+        if not all(0 <= start < end for start, end in self.storms):
+            raise ValueError("a storm is (start, end) seconds with 0 <= start < end")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
-    """How to answer one chat request, decided on arrival, before any waiting."""
+    """How to answer one chat request, decided on arrival, before any waiting. Not frozen
+    though never changed: one is built per request, and a frozen one costs 2 µs more."""
 
     delay_s: float
     fault: str | None = None
@@ -77,10 +104,15 @@ class Plan:
     retry_after_ms: float | None = None
     raw: RawReply | None = None  # a scripted reply, sent as it is
     drip_s: float = 0.0  # write the reply one byte at a time, this far apart
+    headers: bytes = b""  # x-ratelimit-* lines (+ Retry-After on a refusal), as of arrival
+    reply: dict[str, Any] | None = None  # the completion, when the answer carries one
+    refused: str | None = None  # the allowance that answered 429 (limits.Verdict.refused)
+    arrived_s: float = 0.0  # seconds after the server started
 
 
 class MockState:
-    """Shared by every connection of one server: config, RNG, counters, the request log."""
+    """Shared by every connection of one server: config, RNG, counters, allowances, the
+    request log. The allowances are lock-free: only the server's loop thread plans."""
 
     def __init__(self, config: MockConfig) -> None:
         self.config = config
@@ -89,7 +121,15 @@ class MockState:
         self._lock = threading.Lock()  # arrivals and the log are read from other threads
         self._arrivals: dict[bytes, int] = {}
         self._request_ids = itertools.count(1)
-        self._window = (-1, 0, 0)  # (minute, requests, tokens) behind the rate-limit headers
+        self._clock, self._started = config.clock, config.clock()
+        self.limits = Limiter(
+            rps=config.limit_rps,
+            rpm=config.limit_rpm,
+            tpm=config.limit_tpm,
+            tokens_month=config.limit_tokens_month,
+            storms=config.storms,
+            storm_retry_after=config.retry_after_s,
+        )
         self._log: IO[bytes] | None = None
         if config.request_log is not None:
             self._log = config.request_log.open("ab")
@@ -100,29 +140,30 @@ class MockState:
                 self._log.close()
                 self._log = None
 
-    def record(self, request: dict[str, Any] | None, fault: str | None, stream: bool) -> None:
+    def record(self, request: dict[str, Any] | None, plan: Plan) -> None:
         """Count a chat request on arrival and log it, flushed: tests read the log right
-        after killing the client."""
+        after killing the client. `t` is its arrival (s after the start), `status` what
+        it is answered (null: dropped or hung), `limit` the allowance that refused it."""
         self.received += 1
         if self._log is None:
             return
         messages = request.get("messages") if request is not None else None
         last = messages[-1] if isinstance(messages, list) and messages else None
         content = last.get("content") if isinstance(last, dict) else None
-        line = {"content": content if isinstance(content, str) else None, "fault": fault}
-        data = orjson.dumps({**line, "stream": stream}) + b"\n"
+        stream = request is not None and request.get("stream") is True
+        line = {
+            "content": content if isinstance(content, str) else None,
+            "fault": plan.fault,
+            "stream": stream,
+            "t": round(plan.arrived_s, 6),
+            "status": _status(plan),
+            "limit": plan.refused,
+        }
+        data = orjson.dumps(line) + b"\n"
         with self._lock:
             if self._log is not None:
                 self._log.write(data)
                 self._log.flush()
-
-    def rate_headers(self, cost: int) -> bytes:
-        minute, requests, tokens = self._window
-        now = int(time.time()) // 60
-        if now != minute:
-            requests = tokens = 0
-        self._window = (now, requests + 1, tokens + cost)
-        return rate_limit_headers(RATE_LIMITS, (requests + 1, tokens + cost), cost)
 
     def plan(
         self,
@@ -131,44 +172,76 @@ class MockState:
         body: dict[str, Any] | None,
         invalid: bytes | None,
     ) -> Plan:
-        """Auth, then the 422 from `replies.parse_chat`, then fault, delay and stream shape."""
+        """Auth, the 422 from `replies.parse_chat`, a bad directive, a scripted reply; then
+        fault, the allowances (a refusal is a 429 at once), delay and stream shape."""
         config = self.config
+        now = self._clock() - self._started
         delay_ms = config.latency_ms
         if config.jitter_ms:
             delay_ms += self.rng.uniform(0, config.jitter_ms)
         if config.require_auth and not _has_bearer(headers):
             request_id = f"mock-{next(self._request_ids):08x}"
-            return Plan(delay_ms / 1000, error=(401, unauthorized_body(request_id)))
+            return self._unmetered(now, delay_ms, 401, unauthorized_body(request_id))
         if body is None or invalid is not None:
-            return Plan(delay_ms / 1000, error=(422, invalid or b"{}"))
+            return self._unmetered(now, delay_ms, 422, invalid or b"{}")
         try:
             wish = read_directives(body, headers)
         except BadDirective as exc:
-            return Plan(delay_ms / 1000, error=(400, error_body(400, str(exc))))
+            return self._unmetered(now, delay_ms, 400, error_body(400, str(exc)))
         if wish.raw is not None and self._applies(wish, raw):
             return Plan(
                 (delay_ms + wish.latency_ms) / 1000,
                 raw=wish.raw,
                 chunk_delay_s=(wish.chunk_delay_ms or 0.0) / 1000,
                 drip_s=(wish.drip_ms or 0.0) / 1000,
+                arrived_s=now,
             )
         stream = body.get("stream") is True
         fault = self._fault(wish, raw) if wish.raw is None else None
         if not stream:
             fault = NON_STREAM_TWIN.get(fault or "", fault)
+        stream = stream and (fault is None or fault in STREAM_FAULTS)
+        # Computed now, not when answering: its usage is what the token windows charge.
+        reply = completion(body, reply_key(body)) if fault is None or stream else None
+        verdict = self._verdict(now, fault, reply)
+        if verdict.refused is not None:
+            return self._refusal(now, verdict)
         chunk_delay_ms = wish.chunk_delay_ms
         if chunk_delay_ms is None:
             chunk_delay_ms = config.stream_delay_ms
         return Plan(
             (delay_ms + wish.latency_ms) / 1000,
             fault=fault,
-            stream=stream and (fault is None or fault in STREAM_FAULTS),
+            stream=stream,
             chunks=wish.chunks or config.stream_chunks,
             chunk_delay_s=chunk_delay_ms / 1000,
             retry_after=config.retry_after_s if wish.retry_after is None else wish.retry_after,
             retry_after_ms=wish.retry_after_ms,
             drip_s=(wish.drip_ms or 0.0) / 1000,
+            headers=rate_limit_headers(verdict.quota),
+            reply=reply,
+            arrived_s=now,
         )
+
+    def _verdict(self, now: float, fault: str | None, reply: dict[str, Any] | None) -> Verdict:
+        """Admit and charge the request, or refuse it. An injected 429 is a refusal the
+        allowances did not make: like theirs, it counts against nothing."""
+        if fault == "429":
+            return Verdict(self.limits.view(now))
+        return self.limits.admit(now, reply["usage"]["total_tokens"] if reply else 0)
+
+    def _refusal(self, now: float, verdict: Verdict) -> Plan:
+        """A 429 sent at once, as a provider's gateway does; Retry-After rounded up to ms."""
+        assert verdict.refused is not None
+        wait_ms = math.ceil(verdict.retry_after * 1000)
+        headers = rate_limit_headers(verdict.quota) + retry_headers(wait_ms / 1000, wait_ms)
+        body = refusal_body(verdict.refused)
+        return Plan(0.0, error=(429, body), headers=headers, refused=verdict.refused, arrived_s=now)
+
+    def _unmetered(self, now: float, delay_ms: float, status: int, body: bytes) -> Plan:
+        """A request the allowances never see (401, 422, 400), answered with their headers."""
+        headers = rate_limit_headers(self.limits.view(now))
+        return Plan(delay_ms / 1000, error=(status, body), headers=headers, arrived_s=now)
 
     def _applies(self, wish: Directives, raw: bytes) -> bool:
         """A request's own fault or raw reply holds for its first `times` arrivals."""
@@ -190,6 +263,18 @@ class MockState:
         with self._lock:
             seen = self._arrivals[key] = self._arrivals.get(key, 0) + 1
         return seen
+
+
+def _status(plan: Plan) -> int | None:
+    """The status a plan answers with; None when the request gets no answer (drop, hang)."""
+    if plan.error is not None:
+        return plan.error[0]
+    if plan.raw is not None:
+        return plan.raw.status
+    fault = plan.fault
+    if fault is None or plan.stream:
+        return 200
+    return int(fault) if fault.isdigit() else ANSWERED.get(fault)
 
 
 def _has_bearer(headers: dict[str, str]) -> bool:

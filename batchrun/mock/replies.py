@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from .limits import Quota
+
 WORDS = (
     *("alpha", "bravo", "calm", "delta", "echo", "fjord", "gamma", "harbor", "iris", "jade"),
     *("kilo", "lumen", "maple", "nova", "opal", "prism", "quartz", "river", "sierra", "tango"),
@@ -267,6 +269,20 @@ def error_body(status: int, message: str) -> bytes:
     return orjson.dumps(error)
 
 
+# What a 429 from an allowance says; clients must classify on status and headers, not this.
+REFUSALS = {
+    "storm": "Service tier capacity exceeded for this model.",
+    "rps": "Requests rate limit exceeded (requests per second)",
+    "rpm": "Requests rate limit exceeded (requests per minute)",
+    "tpm": "Tokens rate limit exceeded (tokens per minute)",
+    "tokens_month": "Monthly tokens limit exceeded",
+}
+
+
+def refusal_body(allowance: str) -> bytes:
+    return error_body(429, REFUSALS[allowance])
+
+
 def unauthorized_body(request_id: str) -> bytes:
     return orjson.dumps({"message": "Unauthorized", "request_id": request_id})
 
@@ -348,13 +364,17 @@ def trickle_event(reply: dict[str, Any], position: int) -> bytes:
     return chunk(_event(head, 0, delta, None))
 
 
-def rate_limit_headers(limits: tuple[int, int], used: tuple[int, int], cost: int) -> bytes:
-    """The x-ratelimit-* lines, from (requests, tokens) per-minute limits and use so far."""
-    return (
-        b"x-ratelimit-limit-req-minute: %d\r\nx-ratelimit-remaining-req-minute: %d\r\n"
-        b"x-ratelimit-limit-tokens-minute: %d\r\nx-ratelimit-remaining-tokens-minute: %d\r\n"
-        b"x-ratelimit-tokens-query-cost: %d\r\n"
-    ) % (limits[0], max(0, limits[0] - used[0]), limits[1], max(0, limits[1] - used[1]), cost)
+RATE_HEADERS = (
+    b"x-ratelimit-limit-req-minute: %d\r\nx-ratelimit-remaining-req-minute: %d\r\n"
+    b"x-ratelimit-limit-tokens-minute: %d\r\nx-ratelimit-remaining-tokens-minute: %d\r\n"
+    b"x-ratelimit-limit-tokens-month: %d\r\nx-ratelimit-remaining-tokens-month: %d\r\n"
+    b"x-ratelimit-tokens-query-cost: %d\r\n"
+)
+
+
+def rate_limit_headers(quota: Quota) -> bytes:
+    """Mistral's x-ratelimit-* lines, in the order of `Quota`'s fields."""
+    return RATE_HEADERS % quota
 
 
 def retry_headers(retry_after: float, retry_after_ms: float | None) -> bytes:

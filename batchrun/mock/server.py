@@ -26,12 +26,10 @@ from .replies import (
     HEALTH_BODY,
     MODELS_BODY,
     chunk,
-    completion,
     error_body,
     keep_alive_event,
     parse_chat,
     raw_response,
-    reply_key,
     response,
     retry_headers,
     stream_events,
@@ -197,48 +195,48 @@ class _Connection(asyncio.Protocol):
     def _chat(self, request: _Request) -> None:
         body, invalid = parse_chat(request.body)
         plan = self._state.plan(request.headers, request.body, body, invalid)
-        self._state.record(body, plan.fault, body is not None and body.get("stream") is True)
+        self._state.record(body, plan)
         request.drip_s = plan.drip_s
         if plan.raw is not None and plan.raw.events is not None and plan.chunk_delay_s:
             self.task = asyncio.get_running_loop().create_task(self._raw_stream(plan))
             return None
         if plan.delay_s > 0 or plan.stream:
-            self.task = asyncio.get_running_loop().create_task(self._later(request, body, plan))
+            self.task = asyncio.get_running_loop().create_task(self._later(request, plan))
             return None
-        return self._answer(request, body, plan)
+        return self._answer(request, plan)
 
-    async def _later(self, request: _Request, body: dict[str, Any] | None, plan: Plan) -> None:
+    async def _later(self, request: _Request, plan: Plan) -> None:
         if plan.delay_s > 0:
             await asyncio.sleep(plan.delay_s)
-        if not plan.stream or body is None:
-            return self._safely(lambda r: self._answer(r, body, plan), request)
+        if not plan.stream or plan.reply is None:
+            return self._safely(lambda r: self._answer(r, plan), request)
         try:
-            await self._stream(body, plan)
+            await self._stream(plan.reply, plan)
         except Exception:
             self.abort()  # the 200 head may be out already: a cut stream is the honest answer
 
-    def _answer(self, request: _Request, body: dict[str, Any] | None, plan: Plan) -> None:
-        fault, rate_headers = plan.fault, self._state.rate_headers
+    def _answer(self, request: _Request, plan: Plan) -> None:
+        """Every reply but a scripted one carries the rate-limit headers fixed on arrival."""
+        fault, headers = plan.fault, plan.headers
         if plan.error is not None:
-            return self._respond(plan.error[0], plan.error[1], rate_headers(0))
+            return self._respond(plan.error[0], plan.error[1], headers)
         if plan.raw is not None:
             return self._send(raw_response(plan.raw, self._keep_alive()))
-        if fault is None and body is not None:
-            reply = completion(body, reply_key(body))
-            headers = rate_headers(reply["usage"]["total_tokens"])
-            return self._respond(200, orjson.dumps(reply), headers)
+        if fault is None and plan.reply is not None:
+            return self._respond(200, orjson.dumps(plan.reply), headers)
         if fault == "hang":
             return None  # never answered: the connection stays busy until it closes
         if fault == "drop":
             return self.abort()
         if fault == "invalid_json":
-            return self._respond(200, BROKEN_JSON, rate_headers(0))
+            return self._respond(200, BROKEN_JSON, headers)
         if fault == "redirect":
-            return self._respond(307, b"", b"location: %s\r\n" % self._own_url(request))
+            location = b"location: %s\r\n" % self._own_url(request)
+            return self._respond(307, b"", headers + location)
         if fault == "echo_headers":
-            return self._respond(400, orjson.dumps({"error": "bad", "headers": request.headers}))
+            echo = orjson.dumps({"error": "bad", "headers": request.headers})
+            return self._respond(400, echo, headers)
         status = int(str(fault))
-        headers = rate_headers(0)
         if status == 429:
             headers += retry_headers(plan.retry_after, plan.retry_after_ms)
         return self._respond(status, error_body(status, f"mock fault {status}"), headers)
@@ -250,11 +248,9 @@ class _Connection(asyncio.Protocol):
             host = f"{address}:{port}"
         return f"http://{host}{request.path}".encode("latin-1")
 
-    async def _stream(self, body: dict[str, Any], plan: Plan) -> None:
-        reply = completion(body, reply_key(body))
+    async def _stream(self, reply: dict[str, Any], plan: Plan) -> None:
         events = stream_events(reply, plan.chunks)
-        headers = self._state.rate_headers(reply["usage"]["total_tokens"])
-        head = stream_head(headers, self._keep_alive())
+        head = stream_head(plan.headers, self._keep_alive())
         if plan.fault in ("keepalive", "trickle"):
             return await self._endless(head, reply, plan)
         if plan.drip_s > 0:  # chunk delays and stream faults give way to the drip
