@@ -1,0 +1,318 @@
+"""Flow control's core with fake time: the pacer's window and burst guarantees, settling
+token reservations, the token estimate, and the adaptive in-flight limit's rules."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batchrun.limits import (
+    CHARS_PER_TOKEN,
+    DEFAULT_MAX_TOKENS,
+    TOKENS_PER_MESSAGE,
+    AdaptiveLimit,
+    Pacer,
+    Rate,
+    estimate_tokens,
+)
+
+EPS = 1e-9  # float slack when an entry sits exactly on a window's edge
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def most_in_any_window(events: list[tuple[float, float]], window: float) -> float:
+    """The largest total cost inside any half-open window [s, s + window)."""
+    events = sorted(events)
+    best = 0.0
+    for i, (start, _) in enumerate(events):
+        total = sum(cost for at, cost in events[i:] if at < start + window - EPS)
+        best = max(best, total)
+    return best
+
+
+def most_in_any_span(events: list[tuple[float, float]], per_second: float) -> float:
+    """The largest of (cost inside [t_i, t_j]) - per_second * (t_j - t_i): the burst."""
+    events = sorted(events)
+    best = 0.0
+    for i, (start, _) in enumerate(events):
+        total = 0.0
+        for at, cost in events[i:]:
+            total += cost
+            best = max(best, total - per_second * (at - start))
+    return best
+
+
+rate_sets = st.fixed_dictionaries(
+    {},
+    optional={
+        "rps": st.integers(1, 20),
+        "rpm": st.integers(1, 600),
+        "tpm": st.integers(50, 5000),
+    },
+)
+arrivals = st.lists(
+    st.tuples(st.floats(0, 5, allow_nan=False), st.integers(0, 50), st.floats(0, 1)),
+    max_size=120,
+)
+
+
+def build_rates(chosen: dict[str, int]) -> list[Rate]:
+    rates = []
+    if "rps" in chosen:
+        rates.append(Rate("requests", chosen["rps"], 1.0))
+    if "rpm" in chosen:
+        rates.append(Rate("requests", chosen["rpm"], 60.0))
+    if "tpm" in chosen:
+        rates.append(Rate("tokens", chosen["tpm"], 60.0))
+    return rates
+
+
+@settings(max_examples=300, deadline=None)
+@given(rate_sets, arrivals)
+def test_no_window_ever_holds_more_than_its_limit_and_bursts_stay_about_a_second(
+    chosen: dict[str, int], pattern: list[tuple[float, int, float]]
+) -> None:
+    """Any arrival pattern (gaps, simultaneous callers), any costs, estimates settled
+    down to the real usage: every 1 s / 60 s window holds at most its limit, and beyond
+    the steady rate no stretch of time gets more than one second's budget."""
+    clock = FakeClock()
+    rates = build_rates(chosen)
+    pacer = Pacer(rates, clock=clock)
+    sent: list[tuple[float, int]] = []
+    for gap, wanted, used in pattern:
+        clock.now += gap
+        estimate = min(wanted, chosen.get("tpm", wanted))
+        reservation = pacer.reserve(estimate)
+        assert reservation.delay >= 0
+        assert reservation.at == clock.now + reservation.delay
+        actual = math.floor(estimate * used)
+        pacer.settle(reservation, actual)
+        sent.append((reservation.at, actual))
+    for rate in rates:
+        events = [(at, 1.0 if rate.unit == "requests" else float(cost)) for at, cost in sent]
+        assert most_in_any_window(events, rate.window) <= rate.amount + EPS
+        # Beyond the steady rate: one second's budget, or one request bigger than that.
+        per_second = rate.amount / rate.window
+        burst = max([1.0, per_second] + [cost for _, cost in events])
+        assert most_in_any_span(events, per_second) <= burst * (1 + 1e-9)
+
+
+def test_a_minutes_budget_is_spread_over_the_minute_not_spent_at_zero() -> None:
+    clock = FakeClock()
+    rpm = 600
+    pacer = Pacer([Rate("requests", rpm, 60.0)], clock=clock)
+    delays = [pacer.reserve().delay for _ in range(rpm)]
+    assert sum(1 for d in delays if d == 0) == rpm // 60  # one second's budget at once
+    assert delays == sorted(delays)
+    assert delays[-1] == pytest.approx((rpm - rpm // 60) / (rpm / 60))
+
+
+def test_concurrent_callers_are_spread_out_not_released_together() -> None:
+    clock = FakeClock()
+    pacer = Pacer([Rate("requests", 1, 1.0)], clock=clock)
+    assert [pacer.reserve().delay for _ in range(4)] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_no_limits_means_no_wait() -> None:
+    pacer = Pacer(clock=FakeClock())
+    assert all(pacer.reserve(10**6).delay == 0 for _ in range(1000))
+
+
+def test_settling_below_the_estimate_gives_tokens_back() -> None:
+    clock = FakeClock()
+    tpm = 1000
+    unsettled = Pacer([Rate("tokens", tpm, 60.0)], clock=clock)
+    unsettled.reserve(tpm)
+    pacer = Pacer([Rate("tokens", tpm, 60.0)], clock=clock)
+    pacer.settle(pacer.reserve(tpm), 200)
+    # The next large request waits only for what was really used to drain.
+    assert pacer.reserve(500).delay == pytest.approx(200 / (tpm / 60))
+    assert unsettled.reserve(500).delay == pytest.approx(60.0)
+
+
+def test_settling_above_the_estimate_holds_the_next_requests_back() -> None:
+    clock = FakeClock()
+    tpm = 1000
+    pacer = Pacer([Rate("tokens", tpm, 60.0)], clock=clock)
+    pacer.settle(pacer.reserve(100), 900)
+    clock.now += 30
+    # 900 used + 500 wanted > 1000: wait until the first leaves its 60 s window.
+    assert pacer.reserve(500).delay == pytest.approx(30.0)
+
+
+def test_settling_a_reservation_that_left_the_window_changes_nothing() -> None:
+    clock = FakeClock()
+    tpm = 1000
+    pacer = Pacer([Rate("tokens", tpm, 60.0)], clock=clock)
+    old = pacer.reserve(10)
+    clock.now += 120
+    pacer.reserve(10)  # drops `old` from the window
+    pacer.settle(old, tpm)
+    clock.now += 1
+    assert pacer.reserve(10).delay == 0
+
+
+def test_a_request_larger_than_the_whole_window_is_sent_alone() -> None:
+    clock = FakeClock()
+    pacer = Pacer([Rate("tokens", 100, 60.0)], clock=clock)
+    assert pacer.reserve(10**6).delay == 0
+    assert pacer.reserve(1).delay == pytest.approx(60.0)
+
+
+def test_a_lowered_limit_counts_what_was_already_sent() -> None:
+    clock = FakeClock()
+    pacer = Pacer([Rate("requests", 600, 60.0)], clock=clock)
+    for _ in range(10):
+        pacer.reserve()
+    pacer.set_rate(Rate("requests", 10, 60.0))  # learned from headers mid-run
+    assert pacer.rates == (Rate("requests", 10, 60.0),)
+    assert pacer.reserve().delay == pytest.approx(60.0)
+    pacer.remove_rate("requests", 60.0)
+    assert pacer.reserve().delay == pytest.approx(60.0)  # first come, first served
+
+
+@pytest.mark.parametrize(("amount", "window"), [(0, 1.0), (-1, 1.0), (math.inf, 1.0), (1, 0.0)])
+def test_a_rate_must_be_positive_and_finite(amount: float, window: float) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        Rate("requests", amount, window)
+
+
+# --- the token estimate ---------------------------------------------------------------
+
+
+def test_estimate_is_prompt_characters_per_token_plus_max_tokens() -> None:
+    text = "x" * 400
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": 16}
+    assert estimate_tokens(body) == math.ceil(400 / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE + 16
+
+
+def test_estimate_counts_text_chunks_tools_and_tool_calls() -> None:
+    plain = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 1}
+    chunks = {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello" * 40}]}],
+        "max_tokens": 1,
+    }
+    tools = {**plain, "tools": [{"type": "function", "function": {"name": "f" * 200}}]}
+    calls = {
+        "messages": [
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}" * 200}}]},
+        ],
+        "max_tokens": 1,
+    }
+    base = estimate_tokens(plain)
+    assert estimate_tokens(chunks) > base
+    assert estimate_tokens(tools) > base + 200 / CHARS_PER_TOKEN
+    assert estimate_tokens(calls) > base + 400 / CHARS_PER_TOKEN
+
+
+def test_estimate_without_max_tokens_reserves_the_default() -> None:
+    body: dict[str, Any] = {"messages": []}
+    assert estimate_tokens(body) == DEFAULT_MAX_TOKENS
+    assert estimate_tokens({**body, "max_completion_tokens": 7}) == 7
+    assert estimate_tokens({**body, "max_tokens": True}) == DEFAULT_MAX_TOKENS
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=20,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(["messages", "tools", "max_tokens", "x"]), json_values))
+def test_estimate_never_raises_and_is_never_negative(body: dict[str, Any]) -> None:
+    assert estimate_tokens(body) >= 0
+
+
+# --- the adaptive in-flight limit ------------------------------------------------------
+
+
+def test_a_429_halves_the_limit_once_per_storm() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(64, clock=clock, cooldown=5.0)
+    for _ in range(50):  # one storm: many 429s within the cool-down
+        limit.on_rate_limited()
+    assert (limit.limit, limit.cuts) == (32, 1)
+    clock.now += 5.0
+    limit.on_rate_limited()
+    assert (limit.limit, limit.cuts) == (16, 2)
+
+
+def test_503s_and_timeouts_cut_only_as_a_streak() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(8, clock=clock, overload_streak=3)
+    limit.on_overload()
+    limit.on_overload()
+    limit.on_success(in_flight=1)  # a success breaks the streak
+    limit.on_overload()
+    limit.on_overload()
+    assert limit.limit == 8
+    limit.on_overload()
+    assert limit.limit == 4
+
+
+def test_growth_only_while_the_pool_is_full() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(16, clock=clock, cooldown=5.0)
+    limit.on_rate_limited()
+    assert limit.limit == 8
+    clock.now += 5.0
+    for _ in range(100):
+        limit.on_success(in_flight=7)  # idle slots: no evidence more would fit
+    assert limit.limit == 8
+    for _ in range(8):  # one full round at the limit: one more slot
+        limit.on_success(in_flight=8)
+    assert limit.limit == 9
+
+
+def test_no_growth_while_requests_sent_before_the_cut_return() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(16, clock=clock, cooldown=5.0)
+    limit.on_rate_limited()
+    for _ in range(100):
+        limit.on_success(in_flight=16)
+    assert limit.limit == 8
+
+
+@given(
+    st.integers(1, 256),
+    st.lists(
+        st.tuples(st.sampled_from(["429", "503", "ok"]), st.integers(0, 300), st.floats(0, 3)),
+        max_size=300,
+    ),
+)
+def test_the_limit_stays_between_one_and_the_maximum_and_cuts_respect_the_cooldown(
+    maximum: int, events: list[tuple[str, int, float]]
+) -> None:
+    clock = FakeClock()
+    cooldown = 5.0
+    start = clock.now
+    limit = AdaptiveLimit(maximum, clock=clock, cooldown=cooldown)
+    for kind, in_flight, gap in events:
+        clock.now += gap
+        if kind == "429":
+            limit.on_rate_limited()
+        elif kind == "503":
+            limit.on_overload()
+        else:
+            limit.on_success(in_flight)
+        assert 1 <= limit.limit <= maximum
+    assert limit.cuts <= 1 + (clock.now - start) / cooldown
+
+
+def test_adaptive_limit_needs_a_positive_maximum() -> None:
+    with pytest.raises(ValueError, match="maximum"):
+        AdaptiveLimit(0)
