@@ -7,38 +7,62 @@ import enum
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 
 from .limits import Rate
 
 __all__ = ["Allowance", "RateObservation", "ZeroAllowance", "parse_rate_headers", "zero_allowance"]
 
-T = TypeVar("T")
 PREFIX = "x-ratelimit-"
 MAX_COUNT = 10**15  # more tokens than any plan sells: a value past it is garbage
 MAX_RESET_S = 31 * 24 * 3600.0
 MAX_VALUE_CHARS = 64  # also keeps float() away from numbers too long to be meant
 
-_COUNT = re.compile(r"\s*([0-9]{1,16})\s*", re.ASCII)
 _DURATION = re.compile(r"\s*((?:[0-9]{1,12}(?:\.[0-9]{1,9})?(?:h|ms|us|µs|ns|m|s))+)\s*")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|us|µs|ns|m|s)")
 _SECONDS = re.compile(r"\s*([0-9]{1,12}(?:\.[0-9]{1,9})?)\s*", re.ASCII)
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
-# Each field, with the headers that carry it, first found wins: Mistral's names, then
-# OpenAI's (whose request and token limits are per minute too).
-_COUNTS = {
-    "requests_limit": ("x-ratelimit-limit-req-minute", "x-ratelimit-limit-requests"),
-    "requests_remaining": ("x-ratelimit-remaining-req-minute", "x-ratelimit-remaining-requests"),
-    "tokens_limit": ("x-ratelimit-limit-tokens-minute", "x-ratelimit-limit-tokens"),
-    "tokens_remaining": ("x-ratelimit-remaining-tokens-minute", "x-ratelimit-remaining-tokens"),
-    "month_limit": ("x-ratelimit-limit-tokens-month",),
-    "month_remaining": ("x-ratelimit-remaining-tokens-month",),
-    "query_cost": ("x-ratelimit-tokens-query-cost",),
-}
-_DURATIONS = {
-    "requests_reset_s": ("x-ratelimit-reset-requests",),
-    "tokens_reset_s": ("x-ratelimit-reset-tokens",),
+
+def _count(value: str) -> int | None:
+    digits = value.strip()
+    # isdigit() alone would take other scripts' digits and superscripts: ASCII only.
+    if not (0 < len(digits) <= 16 and digits.isascii() and digits.isdigit()):
+        return None
+    count = int(digits)
+    return count if count <= MAX_COUNT else None
+
+
+def _duration(value: str) -> float | None:
+    """Seconds in `1s`, `6m0s`, `20ms`, `1h2m3.5s` (Go's duration format) or a bare number."""
+    if len(value) > MAX_VALUE_CHARS:
+        return None
+    if match := _SECONDS.fullmatch(value):
+        seconds = float(match[1])
+    elif match := _DURATION.fullmatch(value):
+        seconds = sum(
+            float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(match[1])
+        )
+    else:
+        return None
+    return seconds if seconds <= MAX_RESET_S else None
+
+
+# header -> (field, parser, rank). Mistral's names rank first, then OpenAI's (whose
+# request and token limits are per minute too); the best-ranked usable value wins.
+_FIELDS: dict[str, tuple[str, Callable[[str], float | None], int]] = {
+    "x-ratelimit-limit-req-minute": ("requests_limit", _count, 0),
+    "x-ratelimit-limit-requests": ("requests_limit", _count, 1),
+    "x-ratelimit-remaining-req-minute": ("requests_remaining", _count, 0),
+    "x-ratelimit-remaining-requests": ("requests_remaining", _count, 1),
+    "x-ratelimit-limit-tokens-minute": ("tokens_limit", _count, 0),
+    "x-ratelimit-limit-tokens": ("tokens_limit", _count, 1),
+    "x-ratelimit-remaining-tokens-minute": ("tokens_remaining", _count, 0),
+    "x-ratelimit-remaining-tokens": ("tokens_remaining", _count, 1),
+    "x-ratelimit-limit-tokens-month": ("month_limit", _count, 0),
+    "x-ratelimit-remaining-tokens-month": ("month_remaining", _count, 0),
+    "x-ratelimit-tokens-query-cost": ("query_cost", _count, 0),
+    "x-ratelimit-reset-requests": ("requests_reset_s", _duration, 0),
+    "x-ratelimit-reset-tokens": ("tokens_reset_s", _duration, 0),
 }
 
 
@@ -74,15 +98,17 @@ def parse_rate_headers(headers: Mapping[str, str]) -> RateObservation | None:
     found = _rate_headers(headers)
     if not found:
         return None
-    values: dict[str, int | float] = {}
-    for field, names in _COUNTS.items():
-        count = _first(found, names, _count)
-        if count is not None:
-            values[field] = count
-    for field, names in _DURATIONS.items():
-        seconds = _first(found, names, _duration)
-        if seconds is not None:
-            values[field] = seconds
+    values: dict[str, float] = {}
+    ranks: dict[str, int] = {}
+    for name, raw in found.items():
+        spec = _FIELDS.get(name)
+        if spec is None:
+            continue
+        field, parse, rank = spec
+        value = parse(raw)
+        if value is not None and rank < ranks.get(field, rank + 1):
+            values[field] = value
+            ranks[field] = rank
     return RateObservation(**values)  # type: ignore[arg-type]
 
 
@@ -123,7 +149,8 @@ def zero_allowance(status: int, headers: Mapping[str, str]) -> ZeroAllowance | N
         return None
     found = _rate_headers(headers)
     for allowance, header in _ZERO_RULES:
-        if _count(found.get(header)) == 0:
+        value = found.get(header)
+        if value is not None and _count(value) == 0:
             return ZeroAllowance(allowance, header)
     return None
 
@@ -135,38 +162,3 @@ def _rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
         if isinstance(name, str) and isinstance(value, str) and name[:12].lower() == PREFIX:
             found[name.lower()] = value
     return found
-
-
-def _first(
-    found: dict[str, str], names: tuple[str, ...], parse: Callable[[str | None], T | None]
-) -> T | None:
-    for name in names:
-        value = parse(found.get(name))
-        if value is not None:
-            return value
-    return None
-
-
-def _count(value: str | None) -> int | None:
-    if value is None or len(value) > MAX_VALUE_CHARS:
-        return None
-    match = _COUNT.fullmatch(value)
-    if match is None:
-        return None
-    count = int(match[1])
-    return count if count <= MAX_COUNT else None
-
-
-def _duration(value: str | None) -> float | None:
-    """Seconds in `1s`, `6m0s`, `20ms`, `1h2m3.5s` (Go's duration format) or a bare number."""
-    if value is None or len(value) > MAX_VALUE_CHARS:
-        return None
-    if match := _SECONDS.fullmatch(value):
-        seconds = float(match[1])
-    elif match := _DURATION.fullmatch(value):
-        seconds = sum(
-            float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(match[1])
-        )
-    else:
-        return None
-    return seconds if seconds <= MAX_RESET_S else None
