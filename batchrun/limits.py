@@ -125,6 +125,7 @@ class _Limit:
     def set_rate(self, rate: Rate, burst_seconds: float) -> None:
         # The log is kept: what was sent still counts against a lowered limit.
         self.rate = rate
+        self.counts_requests = rate.unit == "requests"
         self.per_second = rate.amount / rate.window
         self.burst = min(rate.amount, max(1.0, self.per_second * burst_seconds))
 
@@ -163,7 +164,7 @@ class _Limit:
         entry.cost = cost
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per request, and frozen costs ~1 us
 class Reservation:
     """A slot granted by `Pacer.reserve`: send at `at` (on the pacer's clock), that is
     after sleeping `delay` seconds; keep it to `settle` the token count later."""
@@ -171,7 +172,7 @@ class Reservation:
     at: float
     delay: float
     tokens: int
-    _entries: tuple[tuple[_Limit, _Entry], ...]
+    _entries: list[tuple[_Limit, _Entry]]
 
 
 class Pacer:
@@ -219,21 +220,20 @@ class Pacer:
         while True:
             later = at
             for limit in limits:
-                later = limit.earliest(1 if limit.rate.unit == "requests" else tokens, later)
+                later = limit.earliest(1 if limit.counts_requests else tokens, later)
             if later == at:
                 break
             at = later
         self._last = at
-        entries = tuple(
-            (limit, limit.admit(at, 1 if limit.rate.unit == "requests" else tokens))
-            for limit in limits
-        )
+        entries = [
+            (limit, limit.admit(at, 1 if limit.counts_requests else tokens)) for limit in limits
+        ]
         return Reservation(at, at - now, tokens, entries)
 
     def settle(self, reservation: Reservation, tokens: int) -> None:
         """Replace a reservation's estimated tokens with the real count (either way)."""
         for limit, entry in reservation._entries:
-            if limit.rate.unit == "tokens":
+            if not limit.counts_requests:
                 limit.settle(entry, tokens)
 
 
