@@ -3,9 +3,9 @@ token estimate, and the adaptive in-flight limit. Time is always passed in (a cl
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +18,7 @@ __all__ = [
     "Pacer",
     "Rate",
     "Reservation",
+    "Unit",
     "estimate_tokens",
 ]
 
@@ -35,6 +36,7 @@ DEFAULT_MAX_TOKENS = 1024
 # The bucket's time sums float steps (0.1 s ten times is not 1.0 s); without slack the
 # tenth request of a ten-per-second burst would wait 1e-16 s.
 _ROUNDING = 1e-9
+HISTORY_S = 60.0  # bookings kept for limits learned later: the longest window named
 
 
 def estimate_tokens(body: Mapping[str, Any]) -> int:
@@ -101,67 +103,90 @@ class Rate:
             raise ValueError(f"rate window must be positive and finite, not {self.window!r}")
 
 
-class _Entry:
-    __slots__ = ("alive", "cost", "time")
+class _History:
+    """Every request booked in the last `horizon` seconds: its time and its tokens, in
+    time order. Shared by all limits, so a limit learned mid-run (from headers) counts
+    what was sent before it was known. Absolute positions (`base` + list index) stay
+    valid while old entries are dropped."""
 
-    def __init__(self, at: float, cost: float) -> None:
-        self.time = at
-        self.cost = cost
-        self.alive = True
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.tokens: list[float] = []
+        self.base = 0
+        self.horizon = HISTORY_S
+
+    def append(self, at: float, tokens: float) -> int:
+        self.times.append(at)
+        self.tokens.append(tokens)
+        return self.base + len(self.times) - 1
+
+    def first_after(self, t: float) -> int:
+        return self.base + bisect.bisect_right(self.times, t)
+
+    def forget_before(self, t: float) -> None:
+        # Compact only once half the list is stale: amortised O(1) per request.
+        stale = bisect.bisect_right(self.times, t)
+        if stale >= 64 and 2 * stale >= len(self.times):
+            del self.times[:stale], self.tokens[:stale]
+            self.base += stale
 
 
 class _Limit:
-    """One Rate enforced two ways. The sliding log of admitted (time, cost) makes the
-    window rule exact: a token bucket alone lets bucket + rate * window through in one
-    window. The bucket (GCRA form: a theoretical arrival time) keeps pacing smooth, so a
-    minute's budget is spread over the minute instead of spent at t = 0."""
+    """One Rate enforced two ways. Its window over the shared history makes the rule
+    exact: a token bucket alone lets bucket + rate * window through in one window. The
+    bucket (GCRA form: a theoretical arrival time) keeps pacing smooth, so a minute's
+    budget is spread over the minute instead of spent at t = 0."""
 
-    def __init__(self, rate: Rate, burst_seconds: float) -> None:
-        self.log: deque[_Entry] = deque()
-        self.total = 0.0  # cost of the entries in the log
-        self.tat = -math.inf  # when the bucket would be empty again
+    def __init__(self, rate: Rate, burst_seconds: float, history: _History, now: float) -> None:
         self.set_rate(rate, burst_seconds)
+        self.start = history.first_after(now - rate.window)  # first entry in the window
+        in_window = history.tokens[self.start - history.base :]
+        self.total = float(len(in_window) if self.counts_requests else sum(in_window))
+        self.tat = -math.inf  # when the bucket is empty again
 
     def set_rate(self, rate: Rate, burst_seconds: float) -> None:
-        # The log is kept: what was sent still counts against a lowered limit.
+        # The window is kept: what was sent still counts against a lowered limit.
         self.rate = rate
         self.counts_requests = rate.unit == "requests"
         self.per_second = rate.amount / rate.window
         self.burst = min(rate.amount, max(1.0, self.per_second * burst_seconds))
 
-    def earliest(self, cost: float, t: float) -> float:
-        """The earliest time >= t at which `cost` fits both the bucket and the window.
-        Reservations are first come, first served (t never goes back), so log entries
-        that have left the window at t can be dropped for good."""
-        cost = min(cost, self.rate.amount)  # larger than a whole window: send it alone
+    def earliest(self, tokens: float, t: float, history: _History) -> float:
+        """The earliest time >= t at which the request fits the bucket and the window.
+        Bookings are first come, first served (t never goes back), so entries that have
+        left the window at t are left behind for good."""
+        # Larger than a whole window: it waits for an empty window and goes alone.
+        cost = 1.0 if self.counts_requests else min(tokens, self.rate.amount)
         ready = self.tat + (min(cost, self.burst) - self.burst) / self.per_second
         if ready > t + _ROUNDING:
             t = ready
+        window = self.rate.window
         excess = self.total + cost - self.rate.amount
-        log = self.log
-        while log and (log[0].time <= t - self.rate.window or excess > 0):
-            entry = log.popleft()
-            entry.alive = False
-            self.total -= entry.cost
-            excess -= entry.cost
-            t = max(t, entry.time + self.rate.window)
+        times, costs, base = history.times, history.tokens, history.base
+        start, end = self.start, base + len(times)
+        while start < end:
+            sent = times[start - base]
+            if sent > t - window and excess <= 0:
+                break
+            gone = 1.0 if self.counts_requests else costs[start - base]
+            self.total -= gone
+            excess -= gone
+            t = max(t, sent + window)
+            start += 1
+        self.start = start
         return t
 
-    def admit(self, at: float, cost: float) -> _Entry:
-        entry = _Entry(at, min(cost, self.rate.amount))
-        self.log.append(entry)
-        self.total += entry.cost
-        self.tat = max(self.tat, at) + entry.cost / self.per_second
-        return entry
+    def admit(self, at: float, tokens: float) -> None:
+        cost = 1.0 if self.counts_requests else tokens
+        self.total += cost
+        self.tat = max(self.tat, at) + min(cost, self.rate.amount) / self.per_second
 
-    def settle(self, entry: _Entry, cost: float) -> None:
-        cost = min(max(cost, 0.0), self.rate.amount)
-        if entry.alive:  # one that left the window constrains nothing any more
-            self.total += cost - entry.cost
-            # The bucket is corrected too; it never grants more than `burst` however
-            # far back this moves it, since admit() starts from max(tat, now).
-            self.tat += (cost - entry.cost) / self.per_second
-        entry.cost = cost
+    def settle(self, estimated: float, actual: float) -> None:
+        amount = self.rate.amount
+        self.total += actual - estimated
+        # The bucket is corrected too; it never grants more than `burst` however far
+        # back this moves it, since admit() starts from max(tat, now).
+        self.tat += (min(actual, amount) - min(estimated, amount)) / self.per_second
 
 
 @dataclass(slots=True)  # not frozen: built once per request, and frozen costs ~1 us
@@ -172,7 +197,7 @@ class Reservation:
     at: float
     delay: float
     tokens: int
-    _entries: list[tuple[_Limit, _Entry]]
+    position: int  # in the pacer's history
 
 
 class Pacer:
@@ -180,7 +205,8 @@ class Pacer:
 
     A reservation is booked at once (in the future if need be), so concurrent callers are
     spread out instead of all passing when capacity returns. Token costs are estimates;
-    `settle` books the real usage when the reply arrives."""
+    `settle` books the real usage when the reply arrives. The last minute of bookings is
+    kept even with no rate set, for the rates learned later."""
 
     def __init__(
         self,
@@ -192,6 +218,7 @@ class Pacer:
         self._clock = clock
         self._burst_seconds = burst_seconds
         self._limits: dict[tuple[Unit, float], _Limit] = {}
+        self._history = _History()
         self._last = -math.inf  # latest time booked: first come, first served
         for rate in rates:
             self.set_rate(rate)
@@ -204,7 +231,9 @@ class Pacer:
         """Add or change the limit for rate's (unit, window), e.g. learned from headers."""
         limit = self._limits.get((rate.unit, rate.window))
         if limit is None:
-            self._limits[rate.unit, rate.window] = _Limit(rate, self._burst_seconds)
+            self._history.horizon = max(self._history.horizon, rate.window)
+            limit = _Limit(rate, self._burst_seconds, self._history, self._clock())
+            self._limits[rate.unit, rate.window] = limit
         else:
             limit.set_rate(rate, self._burst_seconds)
 
@@ -216,25 +245,34 @@ class Pacer:
         now = self._clock()
         at = max(now, self._last)
         limits = self._limits.values()
+        history = self._history
         # Each limit can only push the time later; repeat until every one agrees.
         while True:
             later = at
             for limit in limits:
-                later = limit.earliest(1 if limit.counts_requests else tokens, later)
+                later = limit.earliest(tokens, later, history)
             if later == at:
                 break
             at = later
         self._last = at
-        entries = [
-            (limit, limit.admit(at, 1 if limit.counts_requests else tokens)) for limit in limits
-        ]
-        return Reservation(at, at - now, tokens, entries)
+        for limit in limits:
+            limit.admit(at, tokens)
+        position = history.append(at, tokens)
+        history.forget_before(at - history.horizon)
+        return Reservation(at, at - now, tokens, position)
 
     def settle(self, reservation: Reservation, tokens: int) -> None:
         """Replace a reservation's estimated tokens with the real count (either way)."""
-        for limit, entry in reservation._entries:
-            if not limit.counts_requests:
-                limit.settle(entry, tokens)
+        history = self._history
+        index = reservation.position - history.base
+        if index < 0:
+            return  # long gone from every window
+        estimated = history.tokens[index]
+        history.tokens[index] = tokens
+        for limit in self._limits.values():
+            # A booking that has left a limit's window constrains it no more.
+            if not limit.counts_requests and reservation.position >= limit.start:
+                limit.settle(estimated, tokens)
 
 
 class AdaptiveLimit:

@@ -17,6 +17,7 @@ from batchrun.limits import (
     AdaptiveLimit,
     Pacer,
     Rate,
+    Unit,
     estimate_tokens,
 )
 
@@ -108,6 +109,44 @@ def test_no_window_ever_holds_more_than_its_limit_and_bursts_stay_about_a_second
         assert most_in_any_span(events, per_second) <= burst * (1 + 1e-9)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 3, allow_nan=False),
+            st.sampled_from([("requests", 1.0), ("requests", 60.0), ("tokens", 60.0)]),
+            st.integers(1, 300),
+            st.integers(0, 40),
+        ),
+        max_size=150,
+    )
+)
+def test_limits_learned_mid_run_hold_for_every_request_sent_after_them(
+    steps: list[tuple[float, tuple[Unit, float], int, int]],
+) -> None:
+    """Each step may change one limit (as a reply's headers would) before a request.
+    Every request is checked against the limits in force when it was booked, over a
+    window that includes what was sent before the change."""
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    sent: list[tuple[float, int]] = []
+    for gap, (unit, window), amount, tokens in steps:
+        clock.now += gap
+        if amount % 7 == 0:
+            pacer.remove_rate(unit, window)
+        else:
+            pacer.set_rate(Rate(unit, amount, window))
+        reservation = pacer.reserve(tokens)
+        sent.append((reservation.at, tokens))
+        for rate in pacer.rates:
+            in_window = [
+                1.0 if rate.unit == "requests" else min(float(cost), rate.amount)
+                for at, cost in sent
+                if at > reservation.at - rate.window + EPS
+            ]
+            assert sum(in_window) <= rate.amount + EPS
+
+
 def test_a_minutes_budget_is_spread_over_the_minute_not_spent_at_zero() -> None:
     clock = FakeClock()
     rpm = 600
@@ -180,6 +219,16 @@ def test_a_lowered_limit_counts_what_was_already_sent() -> None:
     assert pacer.reserve().delay == pytest.approx(60.0)
     pacer.remove_rate("requests", 60.0)
     assert pacer.reserve().delay == pytest.approx(60.0)  # first come, first served
+
+
+def test_a_limit_learned_after_requests_were_sent_counts_them() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)  # nothing known yet: the first replies bring the headers
+    for _ in range(10):
+        pacer.reserve()
+    clock.now += 1
+    pacer.set_rate(Rate("requests", 10, 60.0))
+    assert pacer.reserve().delay == pytest.approx(59.0)
 
 
 @pytest.mark.parametrize(("amount", "window"), [(0, 1.0), (-1, 1.0), (math.inf, 1.0), (1, 0.0)])
