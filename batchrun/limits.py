@@ -1,5 +1,5 @@
-"""Flow control's pure core: request and token pacing over exact windows, a request's
-token estimate, and the adaptive in-flight limit. Time is always passed in (a clock)."""
+"""Pacing under request and token rates (exact windows, smooth bursts) and a request's
+token estimate: flow control's pure core, with time passed in as a clock."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ __all__ = [
     "CHARS_PER_TOKEN",
     "DEFAULT_MAX_TOKENS",
     "TOKENS_PER_MESSAGE",
-    "AdaptiveLimit",
     "Pacer",
     "Rate",
     "Reservation",
@@ -273,67 +272,3 @@ class Pacer:
             # A booking that has left a limit's window constrains it no more.
             if not limit.counts_requests and reservation.position >= limit.start:
                 limit.settle(estimated, tokens)
-
-
-class AdaptiveLimit:
-    """The in-flight limit, additive increase / multiplicative decrease.
-
-    Congestion (a 429, or `overload_streak` 503s/timeouts in a row) cuts it, at most once
-    per `cooldown` so one storm is one cut. It grows by one per round of successes, and
-    only while the pool is full: an idle pool proves nothing about a larger one. Latency
-    is no signal: long answers are slow by nature."""
-
-    def __init__(
-        self,
-        maximum: int,
-        *,
-        clock: Clock = time.monotonic,
-        decrease: float = 0.5,
-        cooldown: float = 5.0,
-        overload_streak: int = 3,
-    ) -> None:
-        if maximum < 1:
-            raise ValueError(f"maximum must be at least 1, not {maximum}")
-        self.maximum = maximum
-        self.limit = maximum
-        self.cuts = 0
-        self._clock = clock
-        self._decrease = decrease
-        self._cooldown = cooldown
-        self._streak_needed = overload_streak
-        self._streak = 0
-        self._credit = 0.0
-        self._last_cut = -math.inf
-
-    def on_rate_limited(self) -> None:
-        """A 429: the server says we send too much."""
-        self._streak = 0
-        self._cut()
-
-    def on_overload(self) -> None:
-        """A 503 or a timeout: congestion only when it repeats."""
-        self._streak += 1
-        if self._streak >= self._streak_needed:
-            self._streak = 0
-            self._cut()
-
-    def on_success(self, in_flight: int) -> None:
-        """A reply arrived while `in_flight` requests (itself included) were out."""
-        self._streak = 0
-        if in_flight < self.limit or self.limit >= self.maximum:
-            return
-        if self._clock() - self._last_cut < self._cooldown:
-            return  # requests sent before the cut are still returning
-        self._credit += 1 / self.limit
-        if self._credit >= 1:
-            self._credit = 0.0
-            self.limit += 1
-
-    def _cut(self) -> None:
-        now = self._clock()
-        if now - self._last_cut < self._cooldown:
-            return
-        self._last_cut = now
-        self._credit = 0.0
-        self.limit = max(1, int(self.limit * self._decrease))
-        self.cuts += 1
