@@ -16,7 +16,9 @@ class AdaptiveLimit:
     """The in-flight limit, additive increase / multiplicative decrease.
 
     Congestion (a 429, or `overload_streak` 503s/timeouts in a row) cuts it, at most once
-    per `cooldown` so one storm is one cut. It grows by one per round of successes, and
+    per `cooldown`, and not again before a success: one storm, however long, is one cut
+    (the shared pause is what waits it out; cutting to 1 would only slow the recovery).
+    It grows by one per round of successes, and
     only while the pool is full: an idle pool proves nothing about a larger one. Latency
     is no signal: long answers are slow by nature."""
 
@@ -41,6 +43,7 @@ class AdaptiveLimit:
         self._streak = 0
         self._credit = 0.0
         self._last_cut = -math.inf
+        self._success_since_cut = True
 
     def on_rate_limited(self) -> None:
         """A 429: the server says we send too much."""
@@ -57,6 +60,7 @@ class AdaptiveLimit:
     def on_success(self, in_flight: int) -> None:
         """A reply arrived while `in_flight` requests (itself included) were out."""
         self._streak = 0
+        self._success_since_cut = True
         if in_flight < self.limit or self.limit >= self.maximum:
             return
         if self._clock() - self._last_cut < self._cooldown:
@@ -68,9 +72,10 @@ class AdaptiveLimit:
 
     def _cut(self) -> None:
         now = self._clock()
-        if now - self._last_cut < self._cooldown:
+        if now - self._last_cut < self._cooldown or not self._success_since_cut:
             return
         self._last_cut = now
+        self._success_since_cut = False
         self._credit = 0.0
         self.limit = max(1, int(self.limit * self._decrease))
         self.cuts += 1

@@ -21,10 +21,24 @@ class FakeClock:
 def test_a_429_halves_the_limit_once_per_storm() -> None:
     clock = FakeClock()
     limit = AdaptiveLimit(64, clock=clock, cooldown=5.0)
-    for _ in range(50):  # one storm: many 429s within the cool-down
+    for _ in range(200):  # one storm of 20 s: 429s only, no success between them
         limit.on_rate_limited()
+        clock.now += 0.1
     assert (limit.limit, limit.cuts) == (32, 1)
-    clock.now += 5.0
+    limit.on_success(in_flight=1)  # the storm is over; a new 429 is new congestion
+    limit.on_rate_limited()
+    assert (limit.limit, limit.cuts) == (16, 2)
+
+
+def test_cuts_are_at_least_a_cooldown_apart() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(64, clock=clock, cooldown=5.0)
+    limit.on_rate_limited()
+    clock.now += 4.9
+    limit.on_success(in_flight=1)
+    limit.on_rate_limited()
+    assert (limit.limit, limit.cuts) == (32, 1)
+    clock.now += 0.1
     limit.on_rate_limited()
     assert (limit.limit, limit.cuts) == (16, 2)
 
@@ -39,6 +53,10 @@ def test_503s_and_timeouts_cut_only_as_a_streak() -> None:
     limit.on_overload()
     assert limit.limit == 8
     limit.on_overload()
+    assert limit.limit == 4
+    for _ in range(30):  # the same outage going on: no further cut
+        clock.now += 1
+        limit.on_overload()
     assert limit.limit == 4
 
 
@@ -89,6 +107,7 @@ def test_the_limit_stays_between_one_and_the_maximum_and_cuts_respect_the_cooldo
             limit.on_success(in_flight)
         assert 1 <= limit.limit <= maximum
     assert limit.cuts <= 1 + (clock.now - start) / cooldown
+    assert limit.cuts <= 1 + sum(kind == "ok" for kind, _, _ in events)
 
 
 def test_adaptive_limit_needs_a_positive_maximum() -> None:
