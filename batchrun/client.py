@@ -26,6 +26,7 @@ from .config import Timeouts, is_loopback
 from .errors import (
     AUTH_STATUSES,
     BODY_EXCERPT_BYTES,
+    AllowanceExhausted,
     AuthError,
     BadResponse,
     ClientError,
@@ -36,6 +37,7 @@ from .errors import (
     Timeout,
     TransportFailure,
 )
+from .ratelimit_headers import zero_allowance
 from .streaming import StreamDeadlines, read_completion_stream
 
 __all__ = ["ChatClient", "Reply", "classify_status", "parse_retry_after"]
@@ -182,6 +184,9 @@ def _describe(exc: BaseException) -> str:
 def classify_status(status: int, body: bytes, headers: Mapping[str, str]) -> RequestFailed:
     """Map a non-200 reply onto the error tree (3xx included: redirects are not followed)."""
     if status == 429:
+        empty = zero_allowance(status, headers)
+        if empty is not None:
+            return AllowanceExhausted(body, empty.allowance.value, empty.message)
         return RateLimited(body, parse_retry_after(headers))
     if status in RETRYABLE_STATUSES:
         return RetryableStatus(status, body)

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Aborted",
+    "AllowanceExhausted",
     "AuthError",
     "BadResponse",
     "BatchrunError",
@@ -117,6 +118,23 @@ class RateLimited(_WithStatus, TransientError):
     def __init__(self, body: bytes, retry_after: float | None) -> None:
         super().__init__(429, body, "HTTP 429 rate limited")
         self.retry_after = retry_after
+
+
+class AllowanceExhausted(_WithStatus, PermanentError):
+    """A 429 whose headers say an allowance is zero or spent (a monthly budget): no
+    wait cures it, so it is not retried and the run stops (resumably, exit 3). Kept as
+    `rate_limited` and re-sent on resume, once the allowance is back."""
+
+    error_type = "rate_limited"
+    retryable = True
+
+    def __init__(self, body: bytes, allowance: str, message: str) -> None:
+        super().__init__(429, body, f"HTTP 429: {message}")
+        self.allowance = allowance
+        self.reason = message
+
+    def to_record(self) -> dict[str, Any]:
+        return {**super().to_record(), "allowance": self.allowance}
 
 
 class TransportFailure(TransientError):

@@ -293,7 +293,8 @@ def _needs_redo(record: dict[str, Any], retry_failed: bool) -> bool:
     """Lines whose failure says nothing about the line itself are always re-sent: auth
     failures and connection failures (refused, reset, dropped: `error.type` "connection",
     not "timeout") are what stop a run early (stops.py), and the next run is the resume
-    the stop message promises. Every connection failure counts, not only those of an
+    the stop message promises; so are lines refused for an empty allowance (a record
+    with `error.allowance`). Every connection failure counts, not only those of an
     aborted run: a record cannot tell whether it was part of the streak (the breaker
     fires after the streak is written), and such a line has no result either way, so
     sending it again is what the user would ask for. Other retryable failures only
@@ -304,6 +305,8 @@ def _needs_redo(record: dict[str, Any], retry_failed: bool) -> bool:
     # A hand-edited or foreign record may hold anything: only an int can be a status.
     status = error.get("status_code")
     if (isinstance(status, int) and status in AUTH_STATUSES) or error.get("type") == "connection":
+        return True
+    if isinstance(error.get("allowance"), str):  # an empty allowance stopped the run
         return True
     return retry_failed and error.get("retryable") is True
 

@@ -10,13 +10,17 @@ stops early (resumably) instead of recording every remaining line as failed.
   mid-run is as unreachable as one that never started, and the lines it failed are
   re-sent on resume either way (see `journal._needs_redo`).
 
+- allowance: one 429 whose headers say an allowance is zero or spent (a monthly token
+  budget): no wait cures it, so the first one stops the run; those lines are re-sent
+  on resume (`journal._needs_redo`).
+
 Lines complete concurrently, so "in a row" is in completion order.
 """
 
 from __future__ import annotations
 
 from .config import RunConfig
-from .errors import AuthError, RequestFailed, Timeout, TransportFailure
+from .errors import AllowanceExhausted, AuthError, RequestFailed, Timeout, TransportFailure
 
 __all__ = ["StopRules"]
 
@@ -33,6 +37,9 @@ class StopRules:
         self._auth_streak = self._connect_streak = 0
 
     def failed(self, error: RequestFailed) -> str | None:
+        if isinstance(error, AllowanceExhausted):
+            # One is enough: every other line would meet the same empty allowance.
+            return f"{error.reason}; rerun the same command to resume once it is back"
         if isinstance(error, AuthError):
             self._auth_streak += 1
         if isinstance(error, TransportFailure):

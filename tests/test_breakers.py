@@ -185,3 +185,30 @@ async def test_a_limited_rerun_of_a_finished_run_is_complete(
     assert (again.summary["status"], again.summary["reason"]) == ("complete", None)
     wider = await run(config(path, tmp_path, server.url, limit=100))
     assert wider.summary["status"] == "complete"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("limits", "allowance"),
+    [({"limit_rpm": 0}, "requests per minute"), ({"limit_tokens_month": 60}, "tokens per month")],
+)
+async def test_an_empty_allowance_stops_the_run_and_resume_sends_those_lines(
+    mock_server: Callable[..., MockServer],
+    tmp_path: Path,
+    limits: dict[str, int],
+    allowance: str,
+) -> None:
+    server = mock_server(**limits)
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(60)])
+    report = await run(config(path, tmp_path, server.url, concurrency=4))
+    assert report.exit_code == 3
+    assert report.summary["reason"].startswith(f"the {allowance} allowance is empty")
+    refused = [r for r in records(tmp_path / "out", "journal.jsonl") if r["status"] == "error"]
+    assert refused and {r["error"]["allowance"] for r in refused} == {allowance}
+    assert {r["error"]["type"] for r in refused} == {"rate_limited"}
+    # Not retried: one request per refused line, and only the lines already in flight.
+    assert server.requests_received <= 4 + len(records(tmp_path / "out", "journal.jsonl"))
+    assert server.requests_received < 12
+    again = await run(config(path, tmp_path, mock_server().url))  # allowance back, no flag
+    assert again.exit_code == 0
+    assert [r["status"] for r in records(tmp_path / "out", "results.jsonl")] == ["ok"] * 60
