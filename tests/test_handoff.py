@@ -18,7 +18,7 @@ from jsonl import chat_request, write_jsonl
 
 from batchrun import RunConfig, Timeouts, run_batch
 from batchrun.journal import Paths
-from batchrun.mockserver import MockServer
+from batchrun.mock import MockServer
 
 CONCURRENCY = 16
 
