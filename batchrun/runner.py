@@ -213,7 +213,14 @@ class _Run:
                         self.stats.failed += 1
                         await done_send.send(error_record(item, item.error, attempts=0))
                     else:
-                        await work_send.send(item)
+                        # Hand the line straight to a waiting worker: awaiting send()
+                        # would yield to the loop once per line, so lines would go out
+                        # one per loop turn. Only when no worker waits do we block (and
+                        # yield), so the loop still runs at least every `concurrency` lines.
+                        try:
+                            work_send.send_nowait(item)
+                        except anyio.WouldBlock:
+                            await work_send.send(item)
 
     async def _worker(
         self,
