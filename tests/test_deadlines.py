@@ -17,6 +17,7 @@ import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
+from jsonl import write_jsonl
 
 from batchrun import ConfigError, RetryConfig, RunConfig, RunReport, Timeouts, run_batch
 from batchrun.cli import main
@@ -43,7 +44,7 @@ async def run_lines(
     retry: RetryConfig = ONE_ATTEMPT,
 ) -> tuple[RunReport, list[dict[str, Any]], float]:
     path = tmp_path / "in.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    write_jsonl(path, lines)
     config = RunConfig(
         input_path=path,
         outdir=tmp_path / "out",

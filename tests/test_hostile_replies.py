@@ -19,6 +19,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonl import write_jsonl
 
 from batchrun import RetryConfig, RunConfig, RunReport, Timeouts, run_batch
 from batchrun.mock import MockConfig, MockServer
@@ -65,7 +66,7 @@ def config_for(
     server: MockServer, outdir: Path, lines: list[dict[str, Any]], **options: Any
 ) -> RunConfig:
     path = outdir.with_suffix(".jsonl")
-    path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    write_jsonl(path, lines)
     return RunConfig(
         input_path=path,
         outdir=outdir,

@@ -11,6 +11,7 @@ import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
+from jsonl import write_jsonl
 
 from batchrun import RetryConfig, RunConfig, RunReport, run_batch
 from batchrun.cli import main
@@ -28,7 +29,7 @@ def line(i: int, **fields: Any) -> dict[str, Any]:
 async def run_lines(server: MockServer, tmp_path: Path, lines: list[Any]) -> RunReport:
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "in.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    write_jsonl(path, lines)
     config = RunConfig(
         input_path=path,
         outdir=tmp_path / "out",
