@@ -4,9 +4,10 @@ Library use mirrors the CLI: build a `RunConfig`, await `run_batch(config)`.
 """
 
 from ._version import __version__
-from .config import RetryConfig, RunConfig, Timeouts
+from .config import Pace, RetryConfig, RunConfig, Timeouts
 from .errors import (
     Aborted,
+    AllowanceExhausted,
     AuthError,
     BadResponse,
     BatchrunError,
@@ -28,6 +29,7 @@ from .runner import RunReport, run_batch
 
 __all__ = [
     "Aborted",
+    "AllowanceExhausted",
     "AuthError",
     "BadResponse",
     "BatchrunError",
@@ -35,6 +37,7 @@ __all__ = [
     "ConfigError",
     "InputError",
     "InvalidInput",
+    "Pace",
     "PermanentError",
     "RateLimited",
     "RequestFailed",

@@ -27,6 +27,7 @@ from ._version import __version__
 from .config import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
+    Pace,
     RetryConfig,
     RunConfig,
     Timeouts,
@@ -57,24 +58,33 @@ RESUME_FLAGS = (
 )
 
 
-class _Seconds(click.ParamType[float, "str | float"]):
-    """A duration flag: a finite number of seconds > 0, refused at parse time otherwise."""
+class _Positive(click.ParamType[float, "str | float"]):
+    """A finite number > 0 (nan, inf, 0 and negatives refused at parse time)."""
 
-    name = "secs"
+    name = "number"
+    what = "a finite number > 0"
 
     def convert(
         self, value: str | float, param: click.Parameter | None, ctx: click.Context | None
     ) -> float:
         try:
-            seconds = float(value)
+            number = float(value)
         except ValueError:
-            seconds = math.nan
-        if not is_duration(seconds):
-            self.fail(f"{value!r} is not a finite number of seconds > 0", param, ctx)
-        return seconds
+            number = math.nan
+        if not is_duration(number):
+            self.fail(f"{value!r} is not {self.what}", param, ctx)
+        return number
+
+
+class _Seconds(_Positive):
+    """A duration flag: a finite number of seconds > 0."""
+
+    name = "secs"
+    what = "a finite number of seconds > 0"
 
 
 SECONDS = _Seconds()
+POSITIVE = _Positive()
 
 
 @contextlib.contextmanager
@@ -142,6 +152,21 @@ def main() -> None:
 )
 @click.option("-c", "--concurrency", default=32, show_default=True, help="Requests in flight.")
 @click.option("--max-attempts", default=5, show_default=True, help="Attempts per line.")
+@click.option(
+    "--rps",
+    type=POSITIVE,
+    help="At most this many requests in any 1 s window (retries included).",
+)
+@click.option(
+    "--rpm",
+    type=POSITIVE,
+    help="At most this many requests in any 60 s window, paced smoothly.",
+)
+@click.option(
+    "--tpm",
+    type=POSITIVE,
+    help="At most this many tokens in any 60 s window (estimated, then settled with usage).",
+)
 @click.option(
     "--timeout",
     type=SECONDS,
@@ -238,6 +263,9 @@ def run(
     outdir: Path | None,
     concurrency: int,
     max_attempts: int,
+    rps: float | None,
+    rpm: float | None,
+    tpm: float | None,
     timeout: float,
     connect_timeout: float,
     stream: bool,
@@ -312,6 +340,7 @@ def run(
                     stream_total=stream_timeout,
                 ),
                 "retry": RetryConfig(max_attempts=max_attempts),
+                "pace": Pace(rps=rps, rpm=rpm, tpm=tpm),
             },
         )
     for repair in report.repairs:

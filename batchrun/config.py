@@ -19,7 +19,7 @@ import orjson
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_BASE_URL", "RetryConfig", "RunConfig", "Timeouts", "default_outdir"]
+__all__ = ["DEFAULT_BASE_URL", "Pace", "RetryConfig", "RunConfig", "Timeouts", "default_outdir"]
 
 DEFAULT_BASE_URL = "https://api.mistral.ai"
 DEFAULT_API_KEY_ENV = "MISTRAL_API_KEY"
@@ -81,6 +81,22 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class Pace:
+    """Rates the run must stay under (None: no limit of that kind), as `--rps`, `--rpm`
+    and `--tpm` give them; see limits.py for the guarantees."""
+
+    rps: float | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rps", "rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"--{name} must be a finite number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One batch run: where the input is, where outputs go, and how to send."""
 
@@ -102,6 +118,7 @@ class RunConfig:
     fsync: bool = True
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    pace: Pace = field(default_factory=Pace)
 
     def __post_init__(self) -> None:
         _check_positive("concurrency", self.concurrency)

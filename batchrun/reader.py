@@ -21,6 +21,7 @@ import orjson
 
 from .dupes import DuplicateFinder, Duplicates
 from .errors import ConfigError, InputError, InvalidInput
+from .limits import estimate_tokens
 from .validate import validate_body
 
 __all__ = [
@@ -69,6 +70,7 @@ class Request:
     custom_id: str | None
     payload: bytes  # the JSON body exactly as it will be sent
     stream: bool
+    tokens: int = 0  # estimated cost, for a tokens-per-minute pace (0 when none is set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +284,10 @@ class LineParser:
         default_model: str | None = None,
         override_model: str | None = None,
         force_stream: bool = False,
+        estimate: bool = False,
     ) -> None:
         self.format = fmt
+        self.estimate = estimate  # estimate each request's tokens (only a token pace reads it)
         self.default_model = default_model
         self.override_model = override_model
         self.defaulted = 0  # lines that took default_model
@@ -306,7 +310,8 @@ class LineParser:
         except InvalidInput as exc:
             return BadLine(index, raw.number, custom_id, exc.at_line(raw.number))
         payload = raw.data if self.format is InputFormat.PLAIN and not changed else _dumps(body)
-        return Request(index, raw.number, custom_id, payload, body.get("stream") is True)
+        tokens = estimate_tokens(body) if self.estimate else 0
+        return Request(index, raw.number, custom_id, payload, body.get("stream") is True, tokens)
 
     def _unwrap(self, obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         found = detect_format(obj)

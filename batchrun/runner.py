@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,9 +24,10 @@ from rich.console import Console
 from rich.text import Text
 
 from .client import ChatClient, Reply
-from .config import RunConfig
-from .errors import Aborted, InputError, RequestFailed
+from .config import Pace, RunConfig
+from .errors import Aborted, InputError, RateLimited, RequestFailed
 from .journal import Paths, ResumeState
+from .limits import Pacer, Rate, Reservation, Unit
 from .output import Completed, ResultWriter, SentLog, error_record, ok_record, write_failed
 from .prepare import api_key_for, open_run
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
@@ -47,6 +49,7 @@ __all__ = ["RunReport", "run_batch"]
 EXIT_OK, EXIT_FAILED_LINES, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 2, 3, 130
 TICK_S = 0.25
 MAX_BATCH = 4096
+PACE_BURST_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,13 @@ class _Run:
         total = scan.requests if config.limit is None else min(scan.requests, config.limit)
         self.stats = LiveStats(total=total, done_before=state.done[:total].count(1))
         self.policy = RetryPolicy(config.retry)
+        self.pacer = _pacer(config.pace)
         self.parser = LineParser(
             scan.format,
             default_model=config.model,
             override_model=config.override_model,
             force_stream=config.stream,
+            estimate=config.pace.tpm is not None,
         )
         self.interrupted = False
         self.abort_reason: str | None = None
@@ -247,11 +252,16 @@ class _Run:
 
         async def attempt() -> Reply:
             nonlocal attempts, started
+            pacer = self.pacer
+            reservation = None if pacer is None else await _reserve(pacer, request.tokens)
             attempts += 1
             stats.sent += 1
             stats.retries += attempts > 1
             started = time.perf_counter()
-            return await self.client.complete(request.payload, stream=request.stream)
+            sending = self.client.complete(request.payload, stream=request.stream)
+            if pacer is None or reservation is None:
+                return await sending
+            return await _settled(pacer, reservation, sending)
 
         stats.in_flight += 1
         try:
@@ -436,6 +446,42 @@ class _Run:
             "concurrency": self.config.concurrency,
             **error_digest(self.paths.errors),
         }
+
+
+def _pacer(pace: Pace) -> Pacer | None:
+    """The shared pacer for the rates given; None (no per-request cost) without any."""
+    given: tuple[tuple[Unit, float | None, float], ...] = (
+        ("requests", pace.rps, 1.0),
+        ("requests", pace.rpm, 60.0),
+        ("tokens", pace.tpm, 60.0),
+    )
+    rates = [Rate(unit, amount, window) for unit, amount, window in given if amount is not None]
+    # A tenth of a second's budget at most at once: requests paced at a window's exact
+    # edge would land in one server-side window after network jitter.
+    return Pacer(rates, burst_seconds=PACE_BURST_S) if rates else None
+
+
+async def _reserve(pacer: Pacer, tokens: int) -> Reservation:
+    """Book this attempt's slot and wait for it: every attempt, retries included, is a
+    request the server counts."""
+    reservation = pacer.reserve(tokens)
+    if reservation.delay > 0:
+        await anyio.sleep(reservation.delay)
+    return reservation
+
+
+async def _settled(pacer: Pacer, reservation: Reservation, sending: Awaitable[Reply]) -> Reply:
+    """The reply, with the reservation's token estimate replaced by the real usage."""
+    try:
+        reply = await sending
+    except RateLimited:
+        pacer.settle(reservation, 0)  # a 429 was not processed: it cost no tokens
+        raise
+    usage = reply.response.get("usage")
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+        pacer.settle(reservation, total)
+    return reply
 
 
 def _int(value: object) -> int:

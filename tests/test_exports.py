@@ -6,6 +6,7 @@ import batchrun
 
 PUBLIC = [
     "Aborted",
+    "AllowanceExhausted",
     "AuthError",
     "BadResponse",
     "BatchrunError",
@@ -13,6 +14,7 @@ PUBLIC = [
     "ConfigError",
     "InputError",
     "InvalidInput",
+    "Pace",
     "PermanentError",
     "RateLimited",
     "RequestFailed",
