@@ -15,7 +15,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import click
@@ -83,7 +83,24 @@ class _Seconds(_Positive):
     what = "a finite number of seconds > 0"
 
 
+class _Duration(_Seconds):
+    """A duration with an optional unit: 90s, 45m, 2h, or plain seconds."""
+
+    name = "duration"
+    what = "a duration > 0 (90s, 45m, 2h, or seconds)"
+    units: ClassVar[dict[str, float]] = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(
+        self, value: str | float, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, str) and value[-1:] in self.units and value[:-1]:
+            number = super().convert(value[:-1], param, ctx)
+            return number * self.units[value[-1]]
+        return super().convert(value, param, ctx)
+
+
 SECONDS = _Seconds()
+DURATION = _Duration()
 POSITIVE = _Positive()
 
 
@@ -152,6 +169,12 @@ def main() -> None:
 )
 @click.option("-c", "--concurrency", default=32, show_default=True, help="Requests in flight.")
 @click.option("--max-attempts", default=5, show_default=True, help="Attempts per line.")
+@click.option(
+    "--deadline",
+    type=DURATION,
+    help="Stop sending after this long (90s, 45m, 2h or seconds), finish the requests "
+    "in flight, exit 3; rerun to resume.",
+)
 @click.option(
     "--rps",
     type=POSITIVE,
@@ -263,6 +286,7 @@ def run(
     outdir: Path | None,
     concurrency: int,
     max_attempts: int,
+    deadline: float | None,
     rps: float | None,
     rpm: float | None,
     tpm: float | None,
@@ -341,6 +365,7 @@ def run(
                 ),
                 "retry": RetryConfig(max_attempts=max_attempts),
                 "pace": Pace(rps=rps, rpm=rpm, tpm=tpm),
+                "deadline": deadline,
             },
         )
     for repair in report.repairs:

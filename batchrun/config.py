@@ -119,6 +119,9 @@ class RunConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryConfig = field(default_factory=RetryConfig)
     pace: Pace = field(default_factory=Pace)
+    # Guard for unattended runs: after this many seconds stop sending, let the requests
+    # in flight finish, write everything, exit 3; the rerun resumes.
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         _check_positive("concurrency", self.concurrency)
@@ -127,6 +130,8 @@ class RunConfig:
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"--limit must be >= 0, got {self.limit}")
         check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
+        if self.deadline is not None and not is_duration(self.deadline):
+            raise ConfigError(f"--deadline must be a finite duration > 0, got {self.deadline!r}")
 
     @property
     def endpoint(self) -> str:

@@ -178,6 +178,8 @@ class _Run:
             outer.start_soon(self._write_all, writer, done_recv)
             async with anyio.create_task_group() as side:
                 side.start_soon(self._watch_signals, side)
+                if self.config.deadline is not None:
+                    side.start_soon(self._enforce_deadline, self.config.deadline)
                 if display is not None:
                     side.start_soon(self._tick, display)
                 async with done_send:
@@ -296,6 +298,17 @@ class _Run:
             self._abort(reason)
         latency = (time.perf_counter() - started) * 1000 if started else None
         return error_record(request, error, attempts=attempts, latency_ms=latency)
+
+    async def _enforce_deadline(self, seconds: float) -> None:
+        """The --deadline guard: stop dispatching, let in-flight requests finish (their
+        replies are paid for), so the run ends soon after with everything written."""
+        await anyio.sleep(seconds)
+        if self.abort_reason is None:
+            self.abort_reason = (
+                f"--deadline {seconds:g} s reached: no new line was sent after it; "
+                "rerun the same command (with a later deadline) to resume"
+            )
+        self._dispatch_scope.cancel()
 
     def _abort(self, reason: str) -> None:
         if self.abort_reason is None:
