@@ -289,6 +289,10 @@ def _failed(record: dict[str, Any]) -> bool:
     return record.get("status") == "error"
 
 
+# Error types of lines the server never processed: a rerun sends them without asking.
+NEVER_PROCESSED = frozenset({"connection", "rate_limited"})
+
+
 def _needs_redo(record: dict[str, Any], retry_failed: bool) -> bool:
     """Lines whose failure says nothing about the line itself are always re-sent: auth
     failures and connection failures (refused, reset, dropped: `error.type` "connection",
@@ -297,16 +301,21 @@ def _needs_redo(record: dict[str, Any], retry_failed: bool) -> bool:
     with `error.allowance`). Every connection failure counts, not only those of an
     aborted run: a record cannot tell whether it was part of the streak (the breaker
     fires after the streak is written), and such a line has no result either way, so
-    sending it again is what the user would ask for. Other retryable failures only
-    with --retry-failed."""
+    sending it again is what the user would ask for. A `rate_limited` line waited out
+    429s until --max-rate-limit-wait and was never processed: likewise. Other
+    retryable failures only with --retry-failed."""
     error = record.get("error")
     if record.get("status") != "error" or not isinstance(error, dict):
         return False
     # A hand-edited or foreign record may hold anything: only an int can be a status.
     status = error.get("status_code")
-    if (isinstance(status, int) and status in AUTH_STATUSES) or error.get("type") == "connection":
+    kind = error.get("type")
+    if isinstance(status, int) and status in AUTH_STATUSES:
         return True
-    if isinstance(error.get("allowance"), str):  # an empty allowance stopped the run
+    if (isinstance(kind, str) and kind in NEVER_PROCESSED) or isinstance(
+        error.get("allowance"),
+        str,  # an empty allowance stopped the run
+    ):
         return True
     return retry_failed and error.get("retryable") is True
 
