@@ -178,7 +178,7 @@ class FlowControl:
         total = usage.get("total_tokens") if isinstance(usage, dict) else None
         if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
             self.pacer.settle(reservation, total)
-        self.limit.on_success(self.in_flight)
+        self.limit.on_success(self.in_flight, reservation.at)
         now = self._clock()
         if now >= self._next_learn:
             self._next_learn = now + LEARN_EVERY_S
@@ -189,12 +189,12 @@ class FlowControl:
         if isinstance(error, RateLimited):
             self.rate_limited += 1
             self.pacer.settle(reservation, 0)  # a 429 was not processed: no tokens
-            self.limit.on_rate_limited()
+            self.limit.on_rate_limited(reservation.at)
             self.learn(self._headers())
         elif isinstance(error, Timeout) or (
             isinstance(error, RetryableStatus) and error.status_code in OVERLOAD_STATUSES
         ):
-            self.limit.on_overload()
+            self.limit.on_overload(reservation.at)
         self.release()
 
     def learn(self, headers: Mapping[str, str] | None) -> None:

@@ -25,12 +25,13 @@ class AdaptiveLimit:
     then +1 per round of successes; and only while the pool is full (`in_flight` at the
     limit): an idle pool proves nothing about a larger one.
 
-    Congestion (a 429, or `overload_streak` 503s/timeouts in a row) halves it, at most
-    once per `cooldown` (requests sent before a cut still return for a while). The
-    first cut of an episode remembers half the old limit as `threshold`; further cuts
-    while nothing succeeds (a storm going on) lower the limit, down to 1, but not the
-    threshold, so when the storm ends slow start brings the limit back to where it
-    was within a few round trips. Latency is no signal: long answers are slow by nature."""
+    Congestion (a 429, or `overload_streak` 503s/timeouts in a row) halves it. Only
+    requests sent after the last cut count, for cuts and for growth alike: those sent
+    before it report on the old limit, and a burst of them is one congestion event,
+    not many. So a storm halves the limit once per round of probes, down to 1, and
+    costs few requests; the first cut of an episode keeps half the old limit as
+    `threshold`, so when the storm ends slow start brings the limit back there within a
+    few round trips. Latency is no signal: long answers are slow by nature."""
 
     def __init__(
         self,
@@ -39,7 +40,6 @@ class AdaptiveLimit:
         clock: Clock = time.monotonic,
         initial: int = INITIAL_LIMIT,
         decrease: float = 0.5,
-        cooldown: float = 5.0,
         overload_streak: int = 3,
     ) -> None:
         if maximum < 1:
@@ -51,34 +51,33 @@ class AdaptiveLimit:
         self.cuts = 0
         self._clock = clock
         self._decrease = decrease
-        self._cooldown = cooldown
         self._streak_needed = overload_streak
         self._streak = 0
         self._credit = 0.0
         self._last_cut = -math.inf
         self._success_since_cut = True
 
-    def on_rate_limited(self) -> None:
-        """A 429: the server says we send too much."""
+    def on_rate_limited(self, sent_at: float) -> None:
+        """A 429 for a request sent at `sent_at`: the server says we send too much."""
         self._streak = 0
-        self._cut()
+        self._cut(sent_at)
 
-    def on_overload(self) -> None:
+    def on_overload(self, sent_at: float) -> None:
         """A 503 or a timeout: congestion only when it repeats."""
         self._streak += 1
         if self._streak >= self._streak_needed:
             self._streak = 0
-            self._cut()
+            self._cut(sent_at)
 
-    def on_success(self, in_flight: int) -> None:
+    def on_success(self, in_flight: int, sent_at: float) -> None:
         """A reply arrived while `in_flight` requests (itself included) were out."""
         self._streak = 0
+        if sent_at < self._last_cut:
+            return  # sent under the old limit: says nothing about the new one
         self._success_since_cut = True
         limit = self.limit
         if in_flight < limit or limit >= self.maximum:
             return
-        if self._clock() - self._last_cut < self._cooldown:
-            return  # requests sent before the cut are still returning
         if limit < self.threshold:
             self.limit = limit + 1
             return
@@ -87,13 +86,12 @@ class AdaptiveLimit:
             self._credit = 0.0
             self.limit = limit + 1
 
-    def _cut(self) -> None:
-        now = self._clock()
-        if now - self._last_cut < self._cooldown:
-            return
+    def _cut(self, sent_at: float) -> None:
+        if sent_at < self._last_cut:
+            return  # part of the congestion the last cut answered
         if self._success_since_cut:  # a new episode: remember where it started
             self.threshold = max(1, int(self.limit * self._decrease))
-        self._last_cut = now
+        self._last_cut = self._clock()
         self._success_since_cut = False
         self._credit = 0.0
         self.limit = max(1, int(self.limit * self._decrease))

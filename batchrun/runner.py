@@ -40,7 +40,7 @@ from .reader import (
 )
 from .retry import RetryPolicy
 from .stops import GuardRules, Stop, StopKind, StopRules
-from .summary import SessionInfo, build_summary, write_summary
+from .summary import SessionInfo, build_summary, read_totals, write_summary
 from .worker import Worker
 
 __all__ = ["RunReport", "run_batch"]
@@ -91,7 +91,7 @@ class _Run:
         total = scan.requests if config.limit is None else min(scan.requests, config.limit)
         self.stats = LiveStats(total=total, done_before=state.done[:total].count(1))
         self.policy = RetryPolicy(config.retry)
-        self.guards = GuardRules(config.guards)
+        self.guards = GuardRules(config.guards, tokens_before=self._tokens_used_before())
         self.parser = LineParser(
             scan.format,
             default_model=config.model,
@@ -144,6 +144,18 @@ class _Run:
             raise write_failed(self.paths.summary, exc) from exc
         self._check_snapshot_read(writer.next_index)
         return report
+
+    def _tokens_used_before(self) -> int:
+        """Tokens the records of earlier sessions used, read only when a token guard
+        needs them: the guard's limit is for the whole OUTDIR."""
+        if self.config.guards.max_tokens_total is None or not self.state.resumed:
+            return 0
+        totals = read_totals(self.paths.results, self.paths.journal, self._pending_spans())
+        return totals.token_totals()["total_tokens"]
+
+    def _pending_spans(self) -> list[tuple[int, int]]:
+        """Journal spans of lines done beyond a gap: in the journal, not in results."""
+        return sorted((offset, length) for offset, length, _ in self.state.pending.values())
 
     def _estimate_tokens(self) -> None:
         """A token rate is in force (given or learned): lines parsed from now on carry
@@ -376,8 +388,7 @@ class _Run:
         )
         manifest = orjson.loads(self.paths.manifest.read_bytes())
         # Lines done beyond a gap are in the journal only: they count all the same.
-        pending = sorted((offset, length) for offset, length, _ in self.state.pending.values())
-        summary = build_summary(self.paths, manifest, session, self._extra(), pending)
+        summary = build_summary(self.paths, manifest, session, self._extra(), self._pending_spans())
         write_summary(self.paths, summary)
         code = outcome.exit_code(summary["counts"]["failed"])
         return RunReport(code, summary, self.paths.outdir, tuple(self.state.repairs))

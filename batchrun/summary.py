@@ -29,7 +29,14 @@ import orjson
 
 from .journal import Paths, write_atomic
 
-__all__ = ["SessionInfo", "Totals", "build_summary", "percentiles", "write_summary"]
+__all__ = [
+    "SessionInfo",
+    "Totals",
+    "build_summary",
+    "percentiles",
+    "read_totals",
+    "write_summary",
+]
 
 Span = tuple[int, int]  # (offset, length) of one record in journal.jsonl
 
