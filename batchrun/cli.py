@@ -570,6 +570,11 @@ def _mock_help() -> str:
     help="Answer every chat request arriving START..END s after the start with 429 "
     "(Retry-After: --retry-after). Repeatable, or comma-separated.",
 )
+@click.option(
+    "--no-rate-headers",
+    is_flag=True,
+    help="Send no x-ratelimit-* headers, like a self-hosted server (limits still apply).",
+)
 def mock_server(
     host: str,
     port: int,
@@ -588,6 +593,7 @@ def mock_server(
     limit_tpm: int | None,
     limit_tokens_month: int | None,
     storms: tuple[tuple[float, float], ...],
+    no_rate_headers: bool,
 ) -> None:
     from .mock import MockConfig, serve  # noqa: PLC0415 (only this command needs the server)
 
@@ -607,6 +613,7 @@ def mock_server(
         limit_tpm=limit_tpm,
         limit_tokens_month=limit_tokens_month,
         storms=storms,
+        rate_headers=not no_rate_headers,
     )
 
     def ready(bound: int) -> None:

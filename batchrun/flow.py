@@ -14,7 +14,7 @@ import anyio
 
 from .client import Reply
 from .config import Pace
-from .errors import RateLimited, RequestFailed, RetryableStatus, Timeout
+from .errors import AllowanceExhausted, RateLimited, RequestFailed, RetryableStatus, Timeout
 from .inflight import AdaptiveLimit
 from .limits import Pacer, Rate, Reservation, Unit
 from .ratelimit_headers import RateObservation, parse_rate_headers
@@ -186,7 +186,7 @@ class FlowControl:
         self.release()
 
     def failed(self, reservation: Reservation, error: RequestFailed) -> None:
-        if isinstance(error, RateLimited):
+        if isinstance(error, RateLimited | AllowanceExhausted):
             self.rate_limited += 1
             self.pacer.settle(reservation, 0)  # a 429 was not processed: no tokens
             self.limit.on_rate_limited(reservation.at)
