@@ -7,6 +7,7 @@ reads and writes, safe with several processes sharing the directory and under ki
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -63,6 +64,7 @@ def canonical_body(body: Mapping[str, Any]) -> bytes:
     return _dumps(_whole_floats_as_ints(kept))
 
 
+@functools.lru_cache(maxsize=64)  # one or two endpoints a run, asked for on every request
 def normalize_endpoint(url: str) -> str:
     """`url` reduced to what names the server: scheme and host lowercased, default port,
     credentials and trailing slashes dropped. Two spellings of one URL share entries."""
