@@ -112,7 +112,7 @@ def _dumps(value: Any) -> bytes:
 def _is_completion(reply: object) -> bool:
     """A usable completion (README: a `choices` list of objects with a `message` object,
     none finished with "error"): the only thing the cache stores."""
-    if not isinstance(reply, dict):
+    if not isinstance(reply, Mapping):
         return False
     choices = reply.get("choices")
     return (
@@ -214,11 +214,14 @@ class RequestCache:
         """Store a successful reply (a parsed completion or its JSON bytes). Anything that
         is not a usable completion (an error body, `finish_reason: "error"`) is refused:
         errors are never cached. False when refused or when the disk would not take it."""
-        payload = reply if isinstance(reply, bytes) else orjson.dumps(reply)
         try:
-            if not _is_completion(orjson.loads(payload)):
-                return False
-        except orjson.JSONDecodeError:
+            if isinstance(reply, bytes):
+                payload, usable = reply, _is_completion(orjson.loads(reply))
+            else:
+                payload, usable = orjson.dumps(reply), _is_completion(reply)
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+            return False
+        if not usable:
             return False
         path = self.path(key)
         try:

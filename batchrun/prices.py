@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
@@ -88,7 +89,7 @@ class PriceTable:
         if not isinstance(mapping, Mapping):
             raise ConfigError(f"{source}: prices must be a table of models, got {_kind(mapping)}")
         added = {model: _entry(model, entry, source) for model, entry in mapping.items()}
-        return PriceTable({**self.entries, **added}, self.aliases)
+        return PriceTable(MappingProxyType({**self.entries, **added}), self.aliases)
 
     def with_file(self, path: Path) -> PriceTable:
         """This table overridden by a `--prices FILE` (TOML, or JSON if it ends in .json)."""
@@ -172,7 +173,8 @@ def _bundled() -> PriceTable:
     parsed = tomllib.loads(data, parse_float=Decimal)
     table = PriceTable({}, {}).with_overrides(parsed["models"], source=BUNDLED)
     aliases = {alias: str(entry["model"]) for alias, entry in parsed["aliases"].items()}
-    return PriceTable(table.entries, aliases)
+    # Read-only: this one table is shared by every caller in the process.
+    return PriceTable(table.entries, MappingProxyType(aliases))
 
 
 def no_price_note(model: str) -> str:

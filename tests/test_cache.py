@@ -258,6 +258,12 @@ def test_errors_are_never_stored(store: RequestCache, bad: Any) -> None:
     assert not store.path(key).exists()
 
 
+def test_a_reply_that_cannot_be_serialised_is_refused_not_raised(store: RequestCache) -> None:
+    key = cache_key(BODY, URL)
+    assert not store.put(key, {**reply(), "when": object()})
+    assert store.get(key) is None
+
+
 def _stored(store: RequestCache) -> tuple[str, bytes]:
     key = cache_key(BODY, URL)
     assert store.put(key, reply())

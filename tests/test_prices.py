@@ -132,6 +132,15 @@ def test_bundled_table_is_the_shipped_file_with_a_citation_per_entry() -> None:
         assert price.input >= 0 and price.output >= 0
 
 
+def test_the_shared_bundled_table_is_read_only() -> None:
+    table = PriceTable.bundled()
+    assert PriceTable.bundled() is table  # parsed once
+    with pytest.raises(TypeError):
+        table.entries["x"] = table.entries["mistral-small-latest"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        table.aliases["x"] = "y"  # type: ignore[index]
+
+
 def test_bundled_names_the_public_models() -> None:
     table = PriceTable.bundled()
     for model in ("mistral-large-latest", "mistral-small-latest", "codestral-latest"):
