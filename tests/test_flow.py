@@ -4,7 +4,9 @@ the guards, and summary.json's `flow` section. Rates at full scale: benchmarks/f
 
 from __future__ import annotations
 
+import io
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import anyio
 import pytest
 from click.testing import CliRunner
 from jsonl import chat_request, read_jsonl, write_jsonl
+from rich.console import Console
 from windows import arrivals, most_in_any_window
 
 from batchrun import RetryConfig, RunConfig, RunReport, run_batch
@@ -230,3 +233,38 @@ def test_flow_flags(tmp_path: Path, mock_server: Factory) -> None:
                         ("--max-tokens-total", "0"), ("--max-rate-limit-wait", "-1")]:  # fmt: skip
         bad = CliRunner().invoke(main, ["run", str(path), "--mock", flag, value])
         assert bad.exit_code == 1 and f"Invalid value for '{flag}'" in bad.output
+
+
+@pytest.mark.anyio
+async def test_a_server_without_rate_headers_leaves_only_the_given_limits(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    server = mock_server(rate_headers=False)
+    report = await run(config(lines(tmp_path, 30), server, pace=Pace(rps=1000)))
+    flow = report.summary["flow"]
+    assert flow["headers"] is None
+    assert flow["limits"] == [
+        {"unit": "requests", "per": "second", "amount": 1000, "source": "flag"}
+    ]
+    assert flow["in_flight"]["concurrency"] == 32 and flow["guard"] is None
+    assert flow["achieved"]["requests_per_s"] > 0
+
+
+@pytest.mark.anyio
+async def test_the_progress_line_shows_limits_in_flight_limit_and_pauses(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    server = mock_server(limit_rpm=3000, latency_ms=30, retry_after_s=1.2)
+    flaky = chat_request(0, metadata={"mock": {"fault": "429", "times": 1}})
+    path = write_jsonl(tmp_path / "in.jsonl", [flaky, *(chat_request(i) for i in range(1, 80))])
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=400)
+    with anyio.fail_after(60):
+        report = await run_batch(
+            config(path, server, concurrency=8), api_key="k", console=console, show_progress=True
+        )
+    assert report.exit_code == 0
+    shown = out.getvalue()
+    assert "2,850 req/minute (learned)" in shown
+    assert re.search(r"in flight \d+ \(limit \d+\)", shown)
+    assert "paused 1 s in all" in shown or "paused 2 s: HTTP 429" in shown
