@@ -13,7 +13,7 @@ else `row["a"]["b"]`. Only objects are reached into: a list is inserted whole, a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ import orjson
 
 from .errors import ConfigError, InvalidInput
 
-__all__ = ["Template", "TemplateError", "compile_template"]
+__all__ = ["MessageTemplates", "Template", "TemplateError", "compile_messages", "compile_template"]
 
 # One token at a time: an escaped brace, a whole `{...}` field, or a brace left alone.
 _TOKENS = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -87,6 +87,61 @@ class Template:
 
     def __repr__(self) -> str:
         return f"Template({self.source!r}, where={self.where!r})"
+
+
+_Item = tuple[str, Any, Template | None]  # (key, constant, template with fields)
+
+
+class MessageTemplates:
+    """A job's `[[messages]]`: every string value of a message is a template (`role`,
+    `content`, `name`...), anything else is copied as it is; keys keep their order."""
+
+    __slots__ = ("_messages",)
+
+    def __init__(self, messages: list[tuple[_Item, ...]]):
+        self._messages = messages
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The row fields any message reads, each once, in order."""
+        names = (name for template in self._templates() for name in template.fields)
+        return tuple(dict.fromkeys(names))
+
+    def render(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The messages for `row`; InvalidInput as `Template.render`."""
+        return [
+            {key: value if template is None else template.render(row) for key, value, template in m}
+            for m in self._messages
+        ]
+
+    def absent_fields(self, rows: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+        """The fields none of `rows` has, over every message."""
+        sample = list(rows)
+        names = (name for t in self._templates() for name in t.absent_fields(sample))
+        return tuple(dict.fromkeys(names))
+
+    def _templates(self) -> Iterable[Template]:
+        return (template for m in self._messages for _, _, template in m if template is not None)
+
+
+def compile_messages(messages: Sequence[Mapping[str, Any]]) -> MessageTemplates:
+    """Compile each message's string values once, named `messages[i].key` in errors. A
+    value without fields is kept as a constant, so a fixed system prompt costs nothing."""
+    compiled: list[tuple[_Item, ...]] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ConfigError(f"messages[{index}] must be a table, not {type(message).__name__}")
+        items: list[_Item] = []
+        for key, value in message.items():
+            if not isinstance(value, str):
+                items.append((key, value, None))
+                continue
+            template = compile_template(value, f"messages[{index}].{key}")
+            items.append(
+                (key, template.render({}), None) if not template.fields else (key, None, template)
+            )
+        compiled.append(tuple(items))
+    return MessageTemplates(compiled)
 
 
 def compile_template(source: str, where: str = "template") -> Template:

@@ -12,7 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from batchrun.errors import ConfigError, InvalidInput
-from batchrun.templates import Template, TemplateError, compile_template
+from batchrun.templates import Template, TemplateError, compile_messages, compile_template
 
 
 def render(source: str, row: dict[str, Any]) -> str:
@@ -311,3 +311,39 @@ def test_python_format_agrees_wherever_both_apply(source: str, value: str) -> No
         python = None
     if ours is not None and all(not n[:1].isdigit() and "." not in n for n in names):
         assert ours == python
+
+
+# --- a job's messages ------------------------------------------------------------------------
+
+
+def test_messages_render_per_row_with_constants_kept() -> None:
+    messages = compile_messages(
+        [
+            {"role": "system", "content": 'Answer as {{"label": ...}}.'},
+            {"role": "user", "content": "Review: {text} ({meta.lang})", "prefix": False},
+            {"role": "{speaker}", "content": "{text}"},
+        ]
+    )
+    row = {"text": "superb", "meta": {"lang": "en"}, "speaker": "assistant"}
+    assert messages.render(row) == [
+        {"role": "system", "content": 'Answer as {"label": ...}.'},
+        {"role": "user", "content": "Review: superb (en)", "prefix": False},
+        {"role": "assistant", "content": "superb"},
+    ]
+    assert messages.fields == ("text", "meta.lang", "speaker")
+    assert messages.absent_fields(iter([{"text": "x"}, {"speaker": "user"}])) == ("meta.lang",)
+    first, second = messages.render(row), messages.render({**row, "text": "dull"})
+    assert first[1]["content"] != second[1]["content"] and first[0] == second[0]
+
+
+def test_message_errors_name_the_message_and_key() -> None:
+    with pytest.raises(TemplateError) as caught:
+        compile_messages([{"role": "user", "content": "ok {a}"}, {"role": "user", "content": "{"}])
+    assert str(caught.value).startswith("messages[1].content: column 1: ")
+    not_tables: Any = ["hello"]
+    with pytest.raises(ConfigError, match=r"messages\[0\] must be a table, not str"):
+        compile_messages(not_tables)
+    missing = compile_messages([{"role": "user", "content": "{text}"}])
+    with pytest.raises(InvalidInput) as absent:
+        missing.render({"txt": "typo"})
+    assert absent.value.field == "text" and "messages[0].content uses it" in str(absent.value)
