@@ -381,3 +381,38 @@ async def test_a_batch_gets_conforming_and_scripted_bad_answers(
         except SchemaViolation as exc:
             failed[record["index"]] = exc.error_type if exc.path else "not_json"
     assert failed == {3: "schema_violation", 7: "not_json", 11: "schema_violation"}
+
+
+keywords = st.sampled_from(
+    [
+        *("type", "enum", "const", "properties", "required", "items", "prefixItems", "contains"),
+        *("minItems", "maxItems", "uniqueItems", "minLength", "maxLength", "format", "minimum"),
+        *("maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "allOf", "anyOf"),
+        *("oneOf", "$ref", "$defs", "additionalProperties", "patternProperties", "minProperties"),
+    ]
+)
+odd_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["string", "integer", "number", "object", "array", "#", "#/$defs/a", "(", ""]),
+)
+any_schemas = st.recursive(
+    odd_values,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keywords, inner, max_size=5),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_schemas, st.integers(0, 2**32))
+@example({"type": "integer", "minimum": 1e300}, 0)
+@example({"type": "number", "minimum": 1e308, "multipleOf": 1e-308}, 0)
+@example({"type": "number", "minimum": -1.7e308, "maximum": 1.7e308}, 0)
+@example({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, 0)
+@example({"type": "array", "minItems": 2**62, "items": {"type": "string", "minLength": 2**62}}, 0)
+def test_any_schema_gets_an_answer_json_can_hold(schema: Any, n: int) -> None:
+    """Whatever a request calls its schema, the mock answers with writable JSON."""
+    orjson.dumps(conforming(schema, key(n), WORDS))
+    orjson.dumps(violating(schema, key(n), WORDS))

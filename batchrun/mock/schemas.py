@@ -163,6 +163,12 @@ class _Builder:
         return text
 
     def number(self, flat: dict[str, Any], integer: bool) -> int | float:
+        value = self.unclamped_number(flat, integer)
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return float(value)  # what JSON writers can hold; jsonschema still calls it integral
+        return value
+
+    def unclamped_number(self, flat: dict[str, Any], integer: bool) -> int | float:
         low, low_open = _bound(flat, "minimum", "exclusiveMinimum")
         high, high_open = _bound(flat, "maximum", "exclusiveMaximum")
         if low is None:
@@ -327,6 +333,8 @@ def _multiple(
     """A multiple of `step` within `(low, low_open, high, high_open)`, as jsonschema
     checks it, else the first multiple past `low`."""
     low, low_open, high, high_open = bounds
+    if not math.isfinite(low / step):
+        return low  # no multiple a float can hold: answer something
     first = math.ceil(low / step)
     exact = [(first + offset) * step for offset in range(-1, 12)]
     candidates = [*exact, *(round(value, 12) for value in exact)]  # 0.1 * 3 is not 0.3
