@@ -24,7 +24,7 @@ from urllib.parse import unquote
 import orjson
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from jsonschema.protocols import Validator
-from jsonschema.validators import validator_for
+from jsonschema.validators import Draft7Validator, Draft202012Validator, validator_for
 from referencing.exceptions import Unresolvable
 
 from .errors import ConfigError, SchemaViolation
@@ -102,15 +102,30 @@ def output_checker(response_format: object) -> OutputChecker | None:
 
 
 def _compile(schema: dict[str, Any]) -> Validator:
-    cls = validator_for(schema)
+    cls = _draft_of(schema)
     try:
         cls.check_schema(schema)
+        for ref in _refs(schema):
+            _check_ref(schema, ref)
     except SchemaError as exc:
         where = exc.json_path.replace("$", "response_format.json_schema.schema", 1)
         raise ConfigError(f"{where}: invalid JSON Schema: {_excerpt(exc.message)}") from None
-    for ref in _refs(schema):
-        _check_ref(schema, ref)
+    except RecursionError:
+        raise ConfigError("response_format.json_schema.schema nests too deeply") from None
     return cls(schema)
+
+
+def _draft_of(schema: dict[str, Any]) -> type[Validator]:
+    """The draft `$schema` names, 2020-12 without one. An unknown one is an error rather
+    than jsonschema's fallback to the latest draft (it asks two defaults to tell)."""
+    if "$schema" not in schema:
+        return Draft202012Validator
+    declared = schema["$schema"]
+    if isinstance(declared, str):
+        cls = validator_for(schema, default=Draft202012Validator)
+        if cls is validator_for(schema, default=Draft7Validator):
+            return cls
+    raise ConfigError(f"response_format.json_schema.schema: unknown $schema {declared!r}")
 
 
 def _refs(schema: object) -> Iterator[str]:

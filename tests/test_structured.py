@@ -80,6 +80,26 @@ def test_a_bad_format_or_schema_is_a_config_error_up_front(
     assert message in str(caught.value) and caught.value.exit_code == 1
 
 
+def test_the_draft_is_the_one_schema_names() -> None:
+    tuple_items = {"type": "array", "items": [{"type": "integer"}, {"type": "string"}]}
+    with pytest.raises(ConfigError, match=r"schema\.items: invalid JSON Schema"):
+        checker(tuple_items)  # 2020-12 by default: items is one schema there
+    draft7 = checker({"$schema": "http://json-schema.org/draft-07/schema#", **tuple_items})
+    assert draft7.check('[1, "a"]') == [1, "a"]
+    assert violation(draft7, '["a", "b"]').path == "$[0]"
+    for unknown in ("https://example.com/my-draft", 7, None):
+        with pytest.raises(ConfigError, match="unknown \\$schema"):
+            checker({"$schema": unknown})
+
+
+def test_a_schema_nested_past_python_s_stack_is_a_config_error() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(3000):
+        deep = {"items": deep}
+    with pytest.raises(ConfigError, match="nests too deeply"):
+        checker(deep)
+
+
 def test_local_references_and_data_named_ref_are_fine() -> None:
     schema = {
         "$defs": {"label": {"enum": ["pos", "neg"]}, "a/b": {"type": "integer"}},
