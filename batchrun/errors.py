@@ -24,6 +24,7 @@ __all__ = [
     "RequestFailed",
     "ResumeRefused",
     "RetryableStatus",
+    "SchemaViolation",
     "StreamTruncated",
     "Timeout",
     "TransientError",
@@ -193,4 +194,31 @@ class InvalidInput(PermanentError):
         record = super().to_record()
         if self.field:
             record["field"] = self.field
+        return record
+
+
+class SchemaViolation(RequestFailed):
+    """A reply whose content is not JSON, or not JSON that fits the request's
+    `response_format` (structured.py). Retryable, since the model may answer otherwise,
+    but deliberately not a TransientError: schema re-asks are counted apart from
+    transport retries, so the transport retry policy must never catch it. `path` is the
+    JSON path of the first violation (`$.label`), None when the content is not JSON."""
+
+    error_type = "schema_violation"
+    retryable = True
+
+    def __init__(self, reason: str, *, path: str | None = None, content: str | None = None):
+        self.reason = reason
+        self.path = path
+        # Bounded like an error body; a lone surrogate would make the record unwritable.
+        excerpt = None if content is None else content[:BODY_EXCERPT_BYTES]
+        self.content = None if excerpt is None else excerpt.encode(errors="replace").decode()
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+    def to_record(self) -> dict[str, Any]:
+        record = super().to_record()
+        if self.path is not None:
+            record["path"] = self.path
+        if self.content is not None:
+            record["content"] = self.content
         return record

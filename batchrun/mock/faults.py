@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import orjson
 
-from .kinds import FAULT_KINDS, STREAM_FAULTS
+from .kinds import CONTENT_FAULTS, FAULT_KINDS, STREAM_FAULTS
 from .limits import Limiter, Quota, Verdict
 from .replies import (
     RawReply,
@@ -108,6 +108,7 @@ class Plan:
     drip_s: float = 0.0  # write the reply one byte at a time, this far apart
     headers: bytes = b""  # x-ratelimit-* lines (+ Retry-After on a refusal), as of arrival
     reply: dict[str, Any] | None = None  # the completion, when the answer carries one
+    content_fault: str | None = None  # a CONTENT_FAULTS kind, already in `reply`
     refused: str | None = None  # the allowance that answered 429 (limits.Verdict.refused)
     arrived_s: float = 0.0  # seconds after the server started
 
@@ -155,7 +156,7 @@ class MockState:
         stream = request is not None and request.get("stream") is True
         line = {
             "content": content if isinstance(content, str) else None,
-            "fault": plan.fault,
+            "fault": plan.fault or plan.content_fault,
             "stream": stream,
             "t": round(plan.arrived_s, 6),
             "status": _status(plan),
@@ -200,11 +201,15 @@ class MockState:
             )
         stream = body.get("stream") is True
         fault = self._fault(wish, raw) if wish.raw is None else None
+        # A content fault is an ordinary 200 (streamed or not) with the wrong content.
+        content_fault, fault = (fault, None) if fault in CONTENT_FAULTS else (None, fault)
         if not stream:
             fault = NON_STREAM_TWIN.get(fault or "", fault)
         stream = stream and (fault is None or fault in STREAM_FAULTS)
         # Computed now, not when answering: its usage is what the token windows charge.
-        reply = completion(body, reply_key(body)) if fault is None or stream else None
+        reply = (
+            completion(body, reply_key(body), content_fault) if fault is None or stream else None
+        )
         verdict = self._verdict(now, fault, reply)
         if verdict.refused is not None:
             return self._refusal(now, verdict)
@@ -222,6 +227,7 @@ class MockState:
             drip_s=(wish.drip_ms or 0.0) / 1000,
             headers=self._quota_headers(verdict.quota),
             reply=reply,
+            content_fault=content_fault,
             arrived_s=now,
         )
 

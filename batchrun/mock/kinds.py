@@ -3,17 +3,20 @@
 No imports: the CLI reads these to build `mock-server --help` without loading the server.
 """
 
-__all__ = ["FAULT_HELP", "FAULT_KINDS", "STATUS_FAULTS", "STREAM_FAULTS"]
+__all__ = ["CONTENT_FAULTS", "FAULT_HELP", "FAULT_KINDS", "STATUS_FAULTS", "STREAM_FAULTS"]
 
 STATUS_FAULTS = ("429", "408", "409", "500", "502", "503", "504", "400", "401", "403", "404", "422")
 # keepalive: a 200 stream of `: keep-alive` comments only; trickle: one word at a time,
 # forever. Both never end by themselves: they exist to test the client's deadlines.
 STREAM_FAULTS = ("cut", "stall", "malformed", "keepalive", "trickle")
+# A normal 200 reply, streamed or not, whose content is wrong for a structured-output request.
+CONTENT_FAULTS = ("schema_violation", "not_json")
 FAULT_KINDS: tuple[str, ...] = (
     *STATUS_FAULTS,
     *("drop", "hang", "invalid_json", "redirect"),
     *STREAM_FAULTS,
     "echo_headers",  # a 400 whose body echoes the request headers, as a server in the wild did
+    *CONTENT_FAULTS,
 )
 
 # One line per kind, what the server does. Streamed kinds break a streamed reply halfway;
@@ -41,4 +44,6 @@ FAULT_HELP = {
     "keepalive": "stream: `: keep-alive` comments only, forever (not streamed: hang)",
     "trickle": "stream: one word at a time, forever (not streamed: hang)",
     "echo_headers": "400 whose JSON body echoes the request's headers, key included",
+    "schema_violation": "200 whose content is JSON its json_schema refuses (JSON mode: an array)",
+    "not_json": "200 whose content is plain text, not JSON",
 }

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from .limits import Quota
+from .schemas import conforming, violating
 
 WORDS = (
     *("alpha", "bravo", "calm", "delta", "echo", "fjord", "gamma", "harbor", "iris", "jade"),
@@ -110,13 +111,20 @@ def _unprocessable(problem: Problem) -> bytes:
 # --- the completion -----------------------------------------------------------------------
 
 
-def completion(request: dict[str, Any], key: bytes) -> dict[str, Any]:
+def completion(
+    request: dict[str, Any], key: bytes, content_fault: str | None = None
+) -> dict[str, Any]:
     """The non-streamed reply to a request `parse_chat` accepted; every varying detail
-    is drawn from `key`, its `reply_key`."""
+    is drawn from `key`, its `reply_key`. A `content_fault` (kinds.CONTENT_FAULTS)
+    replaces the content with what a structured-output request must refuse."""
     messages: list[dict[str, Any]] = request["messages"]
     echo = _last_user_text(messages)[:ECHO_CHARS]
     words = [WORDS[byte % len(WORDS)] for byte in key[: 3 + key[0] % 5]]
-    message, finish = _message(request, echo, words, key)
+    if content_fault is None:
+        message, finish = _message(request, echo, words, key)
+    else:
+        content = _faulty_content(request, words, key, content_fault)
+        message, finish = {"role": "assistant", "content": content}, "stop"
     n = request.get("n")
     choices = min(n, MAX_CHOICES) if isinstance(n, int) and n >= 1 else 1
     prompt_tokens = sum(len(_text_of(m.get("content"))) for m in messages) // 4 + 1
@@ -149,11 +157,34 @@ def _message(
         return {"role": "assistant", "content": "", "tool_calls": [call]}, "tool_calls"
     response_format = request.get("response_format")
     kind = response_format.get("type") if isinstance(response_format, dict) else None
+    schema = _schema_of(response_format)
+    if schema is not None:
+        content = orjson.dumps(conforming(schema, key, WORDS)).decode()
+        return {"role": "assistant", "content": content}, "stop"
     if kind in ("json_object", "json_schema"):
         content = orjson.dumps({"answer": " ".join(words), "line": echo}).decode()
         return {"role": "assistant", "content": content}, "stop"
     content, finish = _cut(f"Echo: {echo} {' '.join(words)}", request.get("max_tokens"))
     return {"role": "assistant", "content": content}, finish
+
+
+def _schema_of(response_format: object) -> object:
+    """The JSON Schema of a `json_schema` response format, None when there is none."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return schema if isinstance(schema, dict | bool) else None
+
+
+def _faulty_content(request: dict[str, Any], words: list[str], key: bytes, fault: str) -> str:
+    """not_json: prose. schema_violation: JSON the request's schema refuses, or an array
+    where JSON mode wants an object."""
+    if fault == "not_json":
+        return f"Sure! Here is what I think: {' '.join(words)}."
+    schema = _schema_of(request.get("response_format"))
+    wrong = ["not", "an", "object"] if schema is None else violating(schema, key, WORDS)
+    return orjson.dumps(wrong).decode()
 
 
 def _cut(text: str, max_tokens: object) -> tuple[str, str]:
