@@ -26,20 +26,14 @@ from rich.text import Text
 from .client import ChatClient, Reply
 from .config import Pace, RunConfig
 from .errors import Aborted, InputError, RateLimited, RequestFailed
-from .journal import Paths, ResumeState
+from .journal import ResumeState, SentLog
 from .limits import Pacer, Rate, Reservation, Unit
-from .output import Completed, ResultWriter, SentLog, error_record, ok_record, write_failed
+from .outdir import Paths, write_failed
 from .prepare import api_key_for, open_run
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
-from .reader import (
-    BadLine,
-    InputFormat,
-    InputScan,
-    LineParser,
-    Request,
-    iter_requests,
-    unused_model_warning,
-)
+from .reader import InputFormat, InputScan, LineParser, iter_requests, unused_model_warning
+from .records import BadLine, Completed, Request, error_record, ok_record
+from .results import ResultWriter
 from .retry import RetryPolicy
 from .stops import StopRules
 from .summary import SessionInfo, build_summary, write_summary

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from .journal import Paths, write_atomic
+from .outdir import Paths, write_atomic
 
 __all__ = ["SessionInfo", "Totals", "build_summary", "percentiles", "write_summary"]
 
