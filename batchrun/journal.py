@@ -13,13 +13,12 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from .errors import Aborted, ResumeRefused
 from .outdir import FILE_MODE, Paths, open_append, write_all, write_failed, writing
-from .records import Completed
+from .records import Completed, Record
 
 __all__ = [
     "REDACTED",
@@ -133,7 +132,7 @@ class Journal:
             os.close(self._fd)
 
 
-def journal_records(path: Path, requests: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+def journal_records(path: Path, requests: int) -> Iterator[tuple[int, int, int, Record]]:
     """Yield (index, offset, length, record) for every journal line; refuse corruption."""
     if not path.exists():
         return
@@ -142,22 +141,20 @@ def journal_records(path: Path, requests: int) -> Iterator[tuple[int, int, int, 
     with path.open("rb") as stream:
         for number, line in enumerate(stream, start=1):
             record = _parse_record(line, number, path, last=offset + len(line) == size)
-            index = record.get("index")
-            if not isinstance(index, int) or not 0 <= index < requests:
+            index = record.index
+            if index is None or not 0 <= index < requests:
+                what = "no integer index" if index is None else f"index {index}"
                 raise ResumeRefused(
-                    f"{path} line {number} has index {index!r}, outside this input's "
+                    f"{path} line {number} has {what}, outside this input's "
                     f"{requests} requests; use --fresh to start over"
                 )
             yield index, offset, len(line), record
             offset += len(line)
 
 
-def _parse_record(line: bytes, number: int, path: Path, *, last: bool) -> dict[str, Any]:
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        record = None
-    if not isinstance(record, dict):
+def _parse_record(line: bytes, number: int, path: Path, *, last: bool) -> Record:
+    record = Record.parse(line)
+    if record is None:
         # A torn write never ends in a newline (the tail repair already cut those).
         why = (
             "is the last line but ends in a newline, so it is not a torn write"

@@ -13,11 +13,9 @@ import contextlib
 import os
 from pathlib import Path
 
-import orjson
-
 from .journal import Journal, ResumeState
 from .outdir import FILE_MODE, SCAN_CHUNK, Paths, open_append, write_all, writing
-from .records import Completed
+from .records import Completed, Record
 
 __all__ = ["ResultWriter", "count_lines", "rebuild_errors", "truncate_lines"]
 
@@ -118,7 +116,7 @@ def rebuild_errors(paths: Paths) -> None:
             if paths.results.exists():
                 with paths.results.open("rb") as results:
                     for line in results:
-                        if b'"status":"error"' in line and _line_failed(line):
+                        if b'"status":"error"' in line and _failed(line):
                             out.write(line)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -126,9 +124,6 @@ def rebuild_errors(paths: Paths) -> None:
     tmp.replace(paths.errors)
 
 
-def _line_failed(line: bytes) -> bool:
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(record, dict) and record.get("status") == "error"
+def _failed(line: bytes) -> bool:
+    record = Record.parse(line)
+    return record is not None and record.failed

@@ -8,13 +8,13 @@ again; results.jsonl and errors.jsonl are cut back to the journal's contiguous p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from .config import RunConfig
 from .errors import AUTH_STATUSES
 from .journal import ResumeState, count_resent, journal_records
 from .outdir import OutdirLock, Paths, claim, cut_torn_tail, lock_outdir
 from .reader import InputScan
+from .records import Record
 from .results import count_lines, rebuild_errors, truncate_lines
 
 __all__ = ["load_state", "needs_redo", "open_outdir"]
@@ -55,7 +55,7 @@ def _scan_state(paths: Paths, requests: int, *, retry_failed: bool) -> ResumeSta
         else:
             state.redo.discard(index)
             if index >= results_lines:
-                state.pending[index] = (offset, length, _failed(record))
+                state.pending[index] = (offset, length, record.failed)
     for index in state.redo:
         state.done[index] = 0
     state.next_index = _first_gap(state.done, results_lines)
@@ -65,7 +65,7 @@ def _scan_state(paths: Paths, requests: int, *, retry_failed: bool) -> ResumeSta
         truncate_lines(paths.results, state.next_index)
         for index, offset, length, record in journal_records(paths.journal, requests):
             if state.next_index <= index < results_lines and state.done[index]:
-                state.pending[index] = (offset, length, _failed(record))
+                state.pending[index] = (offset, length, record.failed)
     rebuild_errors(paths)
     state.resent = count_resent(paths.sent, state)
     return state
@@ -78,11 +78,7 @@ def _repair_tail(path: Path, state: ResumeState) -> int:
     return end
 
 
-def _failed(record: dict[str, Any]) -> bool:
-    return record.get("status") == "error"
-
-
-def needs_redo(record: dict[str, Any], retry_failed: bool) -> bool:
+def needs_redo(record: Record, retry_failed: bool) -> bool:
     """Lines whose failure says nothing about the line itself are always re-sent: auth
     failures and connection failures (refused, reset, dropped: `error.type` "connection",
     not "timeout") are what stop a run early (stops.py), and the next run is the resume
@@ -92,16 +88,13 @@ def needs_redo(record: dict[str, Any], retry_failed: bool) -> bool:
     fires after the streak is written), and such a line has no result either way, so
     sending it again is what the user would ask for. Other retryable failures only
     with --retry-failed."""
-    error = record.get("error")
-    if record.get("status") != "error" or not isinstance(error, dict):
+    if not record.failed:
         return False
-    # A hand-edited or foreign record may hold anything: only an int can be a status.
-    status = error.get("status_code")
-    if (isinstance(status, int) and status in AUTH_STATUSES) or error.get("type") == "connection":
+    if record.status_code in AUTH_STATUSES or record.error_type == "connection":
         return True
-    if isinstance(error.get("allowance"), str):  # an empty allowance stopped the run
+    if record.allowance is not None:  # an empty allowance stopped the run
         return True
-    return retry_failed and error.get("retryable") is True
+    return retry_failed and record.retryable is True
 
 
 def _first_gap(done: bytearray, upto: int) -> int:

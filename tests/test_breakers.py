@@ -17,6 +17,7 @@ from jsonl import chat_request, write_jsonl
 from batchrun import RetryConfig, RunConfig, RunReport, Timeouts, run_batch
 from batchrun.cli import main
 from batchrun.mock import MockServer
+from batchrun.records import Record
 from batchrun.resume import needs_redo
 
 KEY = "sk-test-breakers"
@@ -168,7 +169,8 @@ async def test_auth_breaker_still_fires_before_the_connection_one(
 def test_which_failures_a_plain_resume_sends_again(
     error: dict[str, Any], retry_failed: bool, redo: bool
 ) -> None:
-    assert needs_redo({"status": "error", "error": error}, retry_failed) is redo
+    record = Record.parse(orjson.dumps({"status": "error", "error": error}))
+    assert record is not None and needs_redo(record, retry_failed) is redo
 
 
 @pytest.mark.anyio
