@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonl import chat_request, read_jsonl, write_jsonl
 
-from batchrun import RetryConfig, RunConfig, run_batch
+from batchrun import ResumeRefused, RetryConfig, RunConfig, run_batch
 from batchrun.errors import (
     AllowanceExhausted,
     AuthError,
@@ -280,3 +280,22 @@ def assert_reads_back(record: Record, stored: dict[str, Any]) -> None:
     usage = stored.get("response", {}).get("usage", {})
     assert record.completion_tokens == usage.get("completion_tokens")
     assert record.model == stored.get("response", {}).get("model")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("index", ["0", True, 0.0, None])
+async def test_a_journal_record_without_an_integer_index_refuses_the_resume(
+    mock_server: Callable[..., MockServer], tmp_path: Path, index: object
+) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(3)])
+    config = RunConfig(input_path=path, outdir=tmp_path / "out", base_url=server.url)
+    with anyio.fail_after(30):
+        await run_batch(config, api_key="k")
+    journal = tmp_path / "out" / "journal.jsonl"
+    first, *rest = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(
+        b"".join([orjson.dumps({**orjson.loads(first), "index": index}) + b"\n", *rest])
+    )
+    with anyio.fail_after(30), pytest.raises(ResumeRefused, match="line 1 has no integer index"):
+        await run_batch(config, api_key="k")
