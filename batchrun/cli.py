@@ -13,7 +13,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +27,7 @@ from ._version import __version__
 from .config import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
+    Guards,
     Pace,
     RetryConfig,
     RunConfig,
@@ -36,9 +37,10 @@ from .config import (
 from .config import default_outdir as _default_outdir
 from .errors import BatchrunError
 from .mock.kinds import FAULT_HELP, FAULT_KINDS
+from .outcome import EXIT_INTERRUPTED, RunReport
 from .progress import render_summary, stderr_console
 from .reader import STDIN
-from .runner import EXIT_INTERRUPTED, RunReport, run_batch
+from .runner import run_batch
 
 __all__ = ["main"]
 
@@ -176,6 +178,26 @@ def main() -> None:
     "in flight, exit 3; rerun to resume.",
 )
 @click.option(
+    "--max-tokens-total",
+    type=click.IntRange(min=1),
+    help="Stop before the tokens used by this OUTDIR (all sessions, lines in flight "
+    "estimated) pass N; exit 3, rerun with a higher N to resume.",
+)
+@click.option(
+    "--max-error-rate",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    help="Stop when more than this share of the last 100 lines sent failed (judged "
+    "after 20); exit 3, rerun to resume.",
+)
+@click.option(
+    "--max-rate-limit-wait",
+    type=DURATION,
+    default="10m",
+    show_default=True,
+    help="How long one line may wait out HTTP 429s (which use no attempt) before it is "
+    "recorded as rate_limited; a rerun sends it again.",
+)
+@click.option(
     "--rps",
     type=POSITIVE,
     help="At most this many requests in any 1 s window (retries included).",
@@ -287,6 +309,9 @@ def run(
     concurrency: int,
     max_attempts: int,
     deadline: float | None,
+    max_tokens_total: int | None,
+    max_error_rate: float | None,
+    max_rate_limit_wait: float,
     rps: float | None,
     rpm: float | None,
     tpm: float | None,
@@ -337,37 +362,40 @@ def run(
         sys.exit(1)
     with _mock_server(mock, mock_latency_ms, mock_fail_rate, no_api_key) as mock_url:
         api_key = (os.environ.get(api_key_env) or MOCK_KEY) if mock_url else None
-        report = _run_or_exit(
-            err,
-            api_key,
-            show_progress=not quiet,
-            config_args={
-                "input_path": input_path,
-                "outdir": outdir or _default_outdir(input_path),
-                "base_url": mock_url or base_url,
-                "api_key_env": api_key_env,
-                "model": model,
-                "override_model": override_model,
-                "no_api_key": no_api_key,
-                "concurrency": concurrency,
-                "stream": stream,
-                "limit": limit,
-                "fresh": fresh,
-                "retry_failed": retry_failed,
-                "allow_insecure_http": allow_insecure_http,
-                "max_line_bytes": max_line_bytes,
-                "grace_period": grace_period,
-                "timeouts": Timeouts(
+
+        def config() -> RunConfig:
+            return RunConfig(
+                input_path=input_path,
+                outdir=outdir or _default_outdir(input_path),
+                base_url=mock_url or base_url,
+                api_key_env=api_key_env,
+                model=model,
+                override_model=override_model,
+                no_api_key=no_api_key,
+                concurrency=concurrency,
+                stream=stream,
+                limit=limit,
+                fresh=fresh,
+                retry_failed=retry_failed,
+                allow_insecure_http=allow_insecure_http,
+                max_line_bytes=max_line_bytes,
+                grace_period=grace_period,
+                timeouts=Timeouts(
                     connect=connect_timeout,
                     read=timeout,
                     stream_idle=stream_idle_timeout,
                     stream_total=stream_timeout,
                 ),
-                "retry": RetryConfig(max_attempts=max_attempts),
-                "pace": Pace(rps=rps, rpm=rpm, tpm=tpm),
-                "deadline": deadline,
-            },
-        )
+                retry=RetryConfig(max_attempts=max_attempts, rate_limit_wait=max_rate_limit_wait),
+                pace=Pace(rps=rps, rpm=rpm, tpm=tpm),
+                guards=Guards(
+                    deadline=deadline,
+                    max_tokens_total=max_tokens_total,
+                    max_error_rate=max_error_rate,
+                ),
+            )
+
+        report = _run_or_exit(err, api_key, config, show_progress=not quiet)
     for repair in report.repairs:
         err.print(Text.assemble(("repaired", "yellow"), f": {repair}"))
     if not quiet:
@@ -396,10 +424,12 @@ def _resume_command(params: dict[str, Any], outdir: Path) -> str:
 
 
 def _run_or_exit(
-    err: Console, api_key: str | None, *, show_progress: bool, config_args: dict[str, object]
+    err: Console, api_key: str | None, build: Callable[[], RunConfig], *, show_progress: bool
 ) -> RunReport:
+    """Build the config and run it; a BatchrunError from either ends the program with
+    its class's exit code and one line, never a traceback."""
     try:
-        config = RunConfig(**config_args)  # type: ignore[arg-type]
+        config = build()
         return anyio.run(
             lambda: run_batch(config, api_key=api_key, console=err, show_progress=show_progress),
             backend_options=_loop_options(),
@@ -540,6 +570,11 @@ def _mock_help() -> str:
     help="Answer every chat request arriving START..END s after the start with 429 "
     "(Retry-After: --retry-after). Repeatable, or comma-separated.",
 )
+@click.option(
+    "--no-rate-headers",
+    is_flag=True,
+    help="Send no x-ratelimit-* headers, like a self-hosted server (limits still apply).",
+)
 def mock_server(
     host: str,
     port: int,
@@ -558,6 +593,7 @@ def mock_server(
     limit_tpm: int | None,
     limit_tokens_month: int | None,
     storms: tuple[tuple[float, float], ...],
+    no_rate_headers: bool,
 ) -> None:
     from .mock import MockConfig, serve  # noqa: PLC0415 (only this command needs the server)
 
@@ -577,6 +613,7 @@ def mock_server(
         limit_tpm=limit_tpm,
         limit_tokens_month=limit_tokens_month,
         storms=storms,
+        rate_headers=not no_rate_headers,
     )
 
     def ready(bound: int) -> None:

@@ -82,6 +82,9 @@ class ChatClient:
             total=None, connect=timeouts.connect, sock_connect=timeouts.connect
         )
         self._session: aiohttp.ClientSession | None = None
+        # The headers of the latest reply, whatever its status: flow control reads the
+        # rate-limit headers from it now and then (parsing every reply would cost CPU).
+        self.last_headers: Mapping[str, str] | None = None
 
     async def __aenter__(self) -> ChatClient:
         host = urlsplit(self._endpoint).hostname or ""
@@ -118,6 +121,7 @@ class ChatClient:
             async with session.post(
                 self._endpoint, data=payload, headers=ACCEPT_JSON, allow_redirects=False
             ) as response:
+                self.last_headers = response.headers
                 if response.status != 200:
                     raise await _status_error(response)
                 body = await response.read()
@@ -143,6 +147,7 @@ class ChatClient:
                 allow_redirects=False,
                 timeout=self._stream_timeout,
             ) as response:
+                self.last_headers = response.headers
                 if response.status != 200:
                     raise await _status_error(response)
                 completion = await read_completion_stream(

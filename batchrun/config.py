@@ -19,7 +19,15 @@ import orjson
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_BASE_URL", "Pace", "RetryConfig", "RunConfig", "Timeouts", "default_outdir"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "Guards",
+    "Pace",
+    "RetryConfig",
+    "RunConfig",
+    "Timeouts",
+    "default_outdir",
+]
 
 DEFAULT_BASE_URL = "https://api.mistral.ai"
 DEFAULT_API_KEY_ENV = "MISTRAL_API_KEY"
@@ -72,6 +80,9 @@ class RetryConfig:
     backoff_base: float = 0.5  # seconds; attempt k waits U(0, min(cap, base * 2**k))
     backoff_cap: float = 30.0
     retry_after_cap: float = 120.0  # never honour a Retry-After longer than this
+    # How long one line may wait out 429s (which use no attempt) before it is recorded
+    # as rate_limited; a resume sends it again.
+    rate_limit_wait: float = 600.0
     # Retries may add at most this fraction of first attempts (plus a small reserve),
     # so a failing server sees load shrink instead of multiply.
     budget_ratio: float = 0.5
@@ -97,6 +108,37 @@ class Pace:
 
 
 @dataclass(frozen=True)
+class Guards:
+    """Guards for unattended runs. One that fires stops sending, lets the requests in
+    flight finish, writes everything and exits 3; a rerun with a raised limit resumes.
+
+    `deadline`: seconds after the start of this invocation. `max_tokens_total`: tokens
+    (prompt + completion, as `usage` reports them) of this OUTDIR, every session
+    counted; a line is not sent when its estimate would pass it. `max_error_rate`: the
+    share of failed lines among the last `error_window` lines sent, judged once
+    `error_min_count` lines completed."""
+
+    deadline: float | None = None
+    max_tokens_total: int | None = None
+    max_error_rate: float | None = None
+    error_window: int = 100
+    error_min_count: int = 20
+
+    def __post_init__(self) -> None:
+        if self.deadline is not None and not is_duration(self.deadline):
+            raise ConfigError(f"--deadline must be a finite duration > 0, got {self.deadline!r}")
+        if self.max_tokens_total is not None and self.max_tokens_total < 1:
+            raise ConfigError(f"--max-tokens-total must be >= 1, got {self.max_tokens_total}")
+        rate = self.max_error_rate
+        if rate is not None and not (0 < rate <= 1):
+            raise ConfigError(f"--max-error-rate must be a fraction in (0, 1], got {rate!r}")
+        if not 1 <= self.error_min_count <= self.error_window:
+            raise ConfigError(
+                f"error_min_count must be in [1, error_window], got {self.error_min_count}"
+            )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One batch run: where the input is, where outputs go, and how to send."""
 
@@ -119,9 +161,7 @@ class RunConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryConfig = field(default_factory=RetryConfig)
     pace: Pace = field(default_factory=Pace)
-    # Guard for unattended runs: after this many seconds stop sending, let the requests
-    # in flight finish, write everything, exit 3; the rerun resumes.
-    deadline: float | None = None
+    guards: Guards = field(default_factory=Guards)
 
     def __post_init__(self) -> None:
         _check_positive("concurrency", self.concurrency)
@@ -130,8 +170,6 @@ class RunConfig:
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"--limit must be >= 0, got {self.limit}")
         check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
-        if self.deadline is not None and not is_duration(self.deadline):
-            raise ConfigError(f"--deadline must be a finite duration > 0, got {self.deadline!r}")
 
     @property
     def endpoint(self) -> str:

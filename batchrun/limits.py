@@ -139,9 +139,14 @@ class _Limit:
     def __init__(self, rate: Rate, burst_seconds: float, history: _History, now: float) -> None:
         self.set_rate(rate, burst_seconds)
         self.start = history.first_after(now - rate.window)  # first entry in the window
-        in_window = history.tokens[self.start - history.base :]
+        offset = self.start - history.base
+        in_window = history.tokens[offset:]
         self.total = float(len(in_window) if self.counts_requests else sum(in_window))
         self.tat = -math.inf  # when the bucket is empty again
+        # A limit learned mid-run starts with the bucket those sends would have left,
+        # not a full one: else its first second could add a burst to what just went.
+        for at, tokens in zip(history.times[offset:], in_window, strict=True):
+            self._drain_bucket(at, tokens)
 
     def set_rate(self, rate: Rate, burst_seconds: float) -> None:
         # The window is kept: what was sent still counts against a lowered limit.
@@ -176,9 +181,12 @@ class _Limit:
         return t
 
     def admit(self, at: float, tokens: float) -> None:
-        cost = 1.0 if self.counts_requests else tokens
-        self.total += cost
-        self.tat = max(self.tat, at) + min(cost, self.rate.amount) / self.per_second
+        self.total += 1.0 if self.counts_requests else tokens
+        self._drain_bucket(at, tokens)
+
+    def _drain_bucket(self, at: float, tokens: float) -> None:
+        cost = 1.0 if self.counts_requests else min(tokens, self.rate.amount)
+        self.tat = max(self.tat, at) + cost / self.per_second
 
     def settle(self, estimated: float, actual: float) -> None:
         amount = self.rate.amount

@@ -69,6 +69,7 @@ class LiveStats:
     retries: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    in_flight_limit: int | None = None  # the adaptive limit on requests out at once
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -80,9 +81,10 @@ class LiveStats:
         return max(time.monotonic() - self.started, 1e-9)
 
     def detail(self) -> str:
+        limit = "" if self.in_flight_limit is None else f" (limit {self.in_flight_limit})"
         text = (
             f"ok {self.ok + self.done_before:,} · failed {self.failed:,} · "
-            f"in flight {self.in_flight} · retries {self.retries:,}"
+            f"in flight {self.in_flight}{limit} · retries {self.retries:,}"
         )
         if not self.sent:
             return text  # a rate of lines never sent (invalid, or resumed) means nothing
@@ -126,10 +128,12 @@ class ProgressDisplay:
         if self._live:
             self._progress.stop()
 
-    def tick(self, note: str = "") -> None:
-        """Redraw; `note` is a passing state the user should know of (a 429 pause)."""
+    def tick(self, note: str = "", status: str = "") -> None:
+        """Redraw; `note` is a passing state the user should know of at once (a 429
+        pause: a plain log gets a line when one starts), `status` lasting facts (the
+        limits in force)."""
         stats = self._stats
-        detail = f"{stats.detail()} · {note}" if note else stats.detail()
+        detail = " · ".join(part for part in (stats.detail(), status, note) if part)
         noted, self._note = note and not self._note, note
         if self._live:
             self._progress.update(self._task, completed=stats.done, detail=detail)

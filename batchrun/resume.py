@@ -17,7 +17,10 @@ from .reader import InputScan
 from .records import Record
 from .results import count_lines, rebuild_errors, truncate_lines
 
-__all__ = ["load_state", "needs_redo", "open_outdir"]
+__all__ = ["NEVER_PROCESSED", "load_state", "needs_redo", "open_outdir"]
+
+# Error types of lines the server never processed: a rerun sends them without asking.
+NEVER_PROCESSED = frozenset({"connection", "rate_limited"})
 
 
 def open_outdir(config: RunConfig, scan: InputScan) -> tuple[OutdirLock, ResumeState]:
@@ -86,11 +89,12 @@ def needs_redo(record: Record, retry_failed: bool) -> bool:
     with `error.allowance`). Every connection failure counts, not only those of an
     aborted run: a record cannot tell whether it was part of the streak (the breaker
     fires after the streak is written), and such a line has no result either way, so
-    sending it again is what the user would ask for. Other retryable failures only
-    with --retry-failed."""
+    sending it again is what the user would ask for. A `rate_limited` line waited out
+    429s until --max-rate-limit-wait and was never processed: likewise. Other
+    retryable failures only with --retry-failed."""
     if not record.failed:
         return False
-    if record.status_code in AUTH_STATUSES or record.error_type == "connection":
+    if record.status_code in AUTH_STATUSES or record.error_type in NEVER_PROCESSED:
         return True
     if record.allowance is not None:  # an empty allowance stopped the run
         return True

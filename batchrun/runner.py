@@ -1,19 +1,16 @@
 """The run: one task group holding the dispatcher, N workers and the writer.
 
-reader -> dispatcher -(unbuffered channel)-> workers -(bounded channel)-> writer.
-Ctrl-C cancels the dispatcher and gives in-flight requests a grace period; an auth
-failure streak cancels the workers; either way the writer drains what completed.
+reader -> dispatcher -(unbuffered channel)-> workers (worker.py) -(bounded channel)-> writer.
+Ctrl-C cancels the dispatcher and gives in-flight requests a grace period; a stop rule
+cancels the workers, a guard only the dispatcher; either way the writer drains what
+completed. How the run ended is an `Outcome` (outcome.py), which owns the exit codes.
 """
 
 from __future__ import annotations
 
 import math
 import signal
-import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,35 +20,27 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from rich.console import Console
 from rich.text import Text
 
-from .client import ChatClient, Reply
-from .config import Pace, RunConfig
-from .errors import Aborted, InputError, RateLimited, RequestFailed
+from .client import ChatClient
+from .config import RunConfig
+from .errors import Aborted, InputError
+from .flow import FlowControl, FlowFigures
 from .journal import ResumeState, SentLog
-from .limits import Pacer, Rate, Reservation, Unit
+from .outcome import Outcome, RunReport
 from .outdir import Paths, write_failed
 from .prepare import api_key_for, open_run
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
 from .reader import InputFormat, InputScan, LineParser, iter_requests, unused_model_warning
-from .records import BadLine, Completed, Request, error_record, ok_record
+from .records import BadLine, Completed, Request, error_record
 from .results import ResultWriter
 from .retry import RetryPolicy
-from .stops import StopRules
-from .summary import SessionInfo, build_summary, write_summary
+from .stops import GuardRules, Stop, StopKind, StopRules
+from .summary import SessionInfo, build_summary, read_totals, write_summary
+from .worker import Worker
 
 __all__ = ["RunReport", "run_batch"]
 
-EXIT_OK, EXIT_FAILED_LINES, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 2, 3, 130
 TICK_S = 0.25
 MAX_BATCH = 4096
-PACE_BURST_S = 0.1
-
-
-@dataclass(frozen=True)
-class RunReport:
-    exit_code: int
-    summary: dict[str, Any]
-    outdir: Path
-    repairs: tuple[str, ...] = ()
 
 
 async def run_batch(
@@ -83,6 +72,7 @@ async def run_batch(
 
 class _Run:
     _write_error: Aborted | None = None  # the first failed write to OUTDIR
+    stop: Stop | None = None  # why the run stopped early, if a rule or guard said so
 
     def __init__(
         self, config: RunConfig, scan: InputScan, state: ResumeState, client: ChatClient
@@ -95,17 +85,21 @@ class _Run:
         total = scan.requests if config.limit is None else min(scan.requests, config.limit)
         self.stats = LiveStats(total=total, done_before=state.done[:total].count(1))
         self.policy = RetryPolicy(config.retry)
-        self.pacer = _pacer(config.pace)
+        self.guards = GuardRules(config.guards, tokens_before=self._tokens_used_before())
         self.parser = LineParser(
             scan.format,
             default_model=config.model,
             override_model=config.override_model,
             force_stream=config.stream,
-            estimate=config.pace.tpm is not None,
+            estimate=self.guards.counts_tokens,
+        )
+        self.flow = FlowControl(
+            config.pace,
+            config.concurrency,
+            lambda: client.last_headers,
+            on_token_limit=self._estimate_tokens,
         )
         self.interrupted = False
-        self.abort_reason: str | None = None
-        self.stops = StopRules(config)
         self._dispatch_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()
         self._started_at = datetime.now(UTC)
@@ -145,16 +139,33 @@ class _Run:
         self._check_snapshot_read(writer.next_index)
         return report
 
+    def _tokens_used_before(self) -> int:
+        """Tokens the records of earlier sessions used, read only when a token guard
+        needs them: the guard's limit is for the whole OUTDIR."""
+        if self.config.guards.max_tokens_total is None or not self.state.resumed:
+            return 0
+        totals = read_totals(self.paths.results, self.paths.journal, self._pending_spans())
+        return totals.token_totals()["total_tokens"]
+
+    def _pending_spans(self) -> list[tuple[int, int]]:
+        """Journal spans of lines done beyond a gap: in the journal, not in results."""
+        return sorted((offset, length) for offset, length, _ in self.state.pending.values())
+
+    def _estimate_tokens(self) -> None:
+        """A token rate is in force (given or learned): lines parsed from now on carry
+        their estimated cost."""
+        self.parser.estimate = True
+
     def _stop_writing(self, error: Aborted) -> None:
         if self._write_error is None:
             self._write_error = error
-            self._abort(str(error))
+            self._stop(Stop(StopKind.WRITE_FAILED, str(error)))
 
     def _check_snapshot_read(self, written: int) -> None:
         """A run that was not stopped wrote every request line it read; fewer than the
         scan counted means the input shrank or was replaced while we read it."""
         expected = self.stats.total
-        if self.abort_reason is None and not self.interrupted and written < expected:
+        if self.stop is None and not self.interrupted and written < expected:
             raise InputError(
                 f"{self.config.input_path} changed while the run read it: {expected} request "
                 f"lines were hashed before the run but only {written} could be read back. "
@@ -172,8 +183,8 @@ class _Run:
             outer.start_soon(self._write_all, writer, done_recv)
             async with anyio.create_task_group() as side:
                 side.start_soon(self._watch_signals, side)
-                if self.config.deadline is not None:
-                    side.start_soon(self._enforce_deadline, self.config.deadline)
+                if self.config.guards.deadline is not None:
+                    side.start_soon(self._enforce_deadline, self.config.guards.deadline)
                 if display is not None:
                     side.start_soon(self._tick, display)
                 async with done_send:
@@ -186,11 +197,21 @@ class _Run:
         # Unbuffered: a line leaves the dispatcher only when a worker takes it, so
         # stopping the dispatcher leaves nothing queued-but-unsent behind.
         work_send, work_recv = anyio.create_memory_object_stream[Request](0)
+        worker = Worker(
+            self.client,
+            self.policy,
+            self.flow,
+            self.stats,
+            stops=StopRules(self.config),
+            guards=self.guards,
+            on_stop=self._stop,
+            sent_log=sent_log,
+        )
         with self._work_scope:
             async with anyio.create_task_group() as work, work_recv:
                 work.start_soon(self._dispatch, work_send, done_send.clone())
                 for _ in range(self.config.concurrency):
-                    work.start_soon(self._worker, work_recv.clone(), done_send.clone(), sent_log)
+                    work.start_soon(worker.run, work_recv.clone(), done_send.clone())
 
     async def _dispatch(
         self,
@@ -213,102 +234,37 @@ class _Run:
                     if isinstance(item, BadLine):
                         self.stats.failed += 1
                         await done_send.send(error_record(item, item.error, attempts=0))
-                    else:
-                        # Hand the line straight to a waiting worker: awaiting send()
-                        # would yield to the loop once per line, so lines would go out
-                        # one per loop turn. Only when no worker waits do we block (and
-                        # yield), so the loop still runs at least every `concurrency` lines.
-                        try:
-                            work_send.send_nowait(item)
-                        except anyio.WouldBlock:
-                            await work_send.send(item)
-
-    async def _worker(
-        self,
-        work_recv: MemoryObjectReceiveStream[Request],
-        done_send: MemoryObjectSendStream[Completed],
-        sent_log: SentLog,
-    ) -> None:
-        async with work_recv, done_send:
-            async for request in work_recv:
-                sent_log.mark(request.index)
-                completed = await self._process(request)
-                try:
-                    done_send.send_nowait(completed)
-                except anyio.WouldBlock:
-                    # A reply we paid for must reach the journal even if we are being
-                    # cancelled; the writer always drains, so this cannot hang.
-                    with anyio.CancelScope(shield=True):
-                        await done_send.send(completed)
-
-    async def _process(self, request: Request) -> Completed:
-        stats = self.stats
-        attempts = 0
-        started = 0.0
-
-        async def attempt() -> Reply:
-            nonlocal attempts, started
-            pacer = self.pacer
-            reservation = None if pacer is None else await _reserve(pacer, request.tokens)
-            attempts += 1
-            stats.sent += 1
-            stats.retries += attempts > 1
-            started = time.perf_counter()
-            sending = self.client.complete(request.payload, stream=request.stream)
-            if pacer is None or reservation is None:
-                return await sending
-            return await _settled(pacer, reservation, sending)
-
-        stats.in_flight += 1
-        try:
-            reply = await self.policy.call(attempt)
-        except RequestFailed as exc:
-            return self._failed(request, exc, attempts, started)
-        finally:
-            stats.in_flight -= 1
-        return self._succeeded(request, reply, attempts, started)
-
-    def _succeeded(
-        self, request: Request, reply: Reply, attempts: int, started: float
-    ) -> Completed:
-        self.stops.succeeded()
-        self.stats.ok += 1
-        usage = reply.response.get("usage")
-        if isinstance(usage, dict):
-            self.stats.completion_tokens += _int(usage.get("completion_tokens"))
-            self.stats.total_tokens += _int(usage.get("total_tokens"))
-        ttft = None if reply.ttft_s is None else reply.ttft_s * 1000
-        latency = (time.perf_counter() - started) * 1000
-        return ok_record(
-            request, reply.response, attempts=attempts, latency_ms=latency, ttft_ms=ttft
-        )
-
-    def _failed(
-        self, request: Request, error: RequestFailed, attempts: int, started: float
-    ) -> Completed:
-        self.stats.failed += 1
-        reason = self.stops.failed(error)
-        if reason is not None:
-            self._abort(reason)
-        latency = (time.perf_counter() - started) * 1000 if started else None
-        return error_record(request, error, attempts=attempts, latency_ms=latency)
+                        continue
+                    if (stop := self.guards.admit(item.tokens)) is not None:
+                        self._stop(stop)  # the line stays unsent: the rerun sends it
+                        return
+                    # Hand the line straight to a waiting worker: awaiting send() would
+                    # yield to the loop once per line, so lines would go out one per loop
+                    # turn. Only when no worker waits do we block (and yield), so the loop
+                    # still runs at least every `concurrency` lines.
+                    try:
+                        work_send.send_nowait(item)
+                    except anyio.WouldBlock:
+                        await work_send.send(item)
 
     async def _enforce_deadline(self, seconds: float) -> None:
         """The --deadline guard: stop dispatching, let in-flight requests finish (their
         replies are paid for), so the run ends soon after with everything written."""
         await anyio.sleep(seconds)
-        if self.abort_reason is None:
-            self.abort_reason = (
-                f"--deadline {seconds:g} s reached: no new line was sent after it; "
-                "rerun the same command (with a later deadline) to resume"
-            )
-        self._dispatch_scope.cancel()
+        message = (
+            f"--deadline {seconds:g} s reached: no new line was sent after it; "
+            "rerun the same command (with a later deadline) to resume"
+        )
+        self._stop(Stop(StopKind.DEADLINE, message))
 
-    def _abort(self, reason: str) -> None:
-        if self.abort_reason is None:
-            self.abort_reason = reason
+    def _stop(self, stop: Stop) -> None:
+        """A guard stops sending and lets the requests in flight finish (their replies
+        are paid for); a stop rule also cancels them (they would fail the same way)."""
+        if self.stop is None:
+            self.stop = stop
         self._dispatch_scope.cancel()
-        self._work_scope.cancel()
+        if not stop.kind.is_guard:
+            self._work_scope.cancel()
 
     async def _write_all(
         self, writer: ResultWriter, done_recv: MemoryObjectReceiveStream[Completed]
@@ -374,9 +330,15 @@ class _Run:
         self._work_scope.cancel()
 
     async def _tick(self, display: ProgressDisplay) -> None:
+        pause, stats = self.policy.pause, self.stats
         while True:
-            paused = math.ceil(self.policy.pause.remaining())
-            display.tick(f"paused {paused} s: HTTP 429 (shared Retry-After)" if paused else "")
+            stats.in_flight_limit = self.flow.limit.limit
+            status = [self.flow.describe()]
+            if pause.paused_s >= 1:
+                status.append(f"paused {pause.paused_s:,.0f} s in all")
+            paused = math.ceil(pause.remaining())
+            note = f"paused {paused} s: HTTP 429 (shared Retry-After)" if paused else ""
+            display.tick(note, " · ".join(filter(None, status)))
             await anyio.sleep(TICK_S)
 
     def _announce(self) -> None:
@@ -404,9 +366,9 @@ class _Run:
 
     def _finish(self) -> RunReport:
         self._warn_unused_model()
-        status, code, reason = self._outcome()
+        outcome, reason = self._outcome()
         session = SessionInfo(
-            status=status,
+            status=outcome.value,
             reason=reason,
             started_at=self._started_at.isoformat(timespec="seconds"),
             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -420,25 +382,23 @@ class _Run:
         )
         manifest = orjson.loads(self.paths.manifest.read_bytes())
         # Lines done beyond a gap are in the journal only: they count all the same.
-        pending = sorted((offset, length) for offset, length, _ in self.state.pending.values())
-        summary = build_summary(self.paths, manifest, session, self._extra(), pending)
-        if code == EXIT_OK and summary["counts"]["failed"]:
-            code = EXIT_FAILED_LINES
+        summary = build_summary(self.paths, manifest, session, self._extra(), self._pending_spans())
         write_summary(self.paths, summary)
+        code = outcome.exit_code(summary["counts"]["failed"])
         return RunReport(code, summary, self.paths.outdir, tuple(self.state.repairs))
 
-    def _outcome(self) -> tuple[str, int, str | None]:
-        if self.abort_reason is not None:
-            return "aborted", EXIT_ABORTED, self.abort_reason
+    def _outcome(self) -> tuple[Outcome, str | None]:
+        if self.stop is not None:
+            return Outcome.ABORTED, self.stop.message
         if self.interrupted:
-            return "interrupted", EXIT_INTERRUPTED, "interrupted by signal; rerun to resume"
+            return Outcome.INTERRUPTED, "interrupted by signal; rerun to resume"
         # Done counts the whole input, not the --limit window: a limited rerun of a
         # finished run is complete.
         stats = self.stats
         if self.state.done_count + stats.ok + stats.failed < self.scan.requests:
             limited = self.config.limit is not None
-            return "partial", EXIT_OK, f"--limit {self.config.limit}" if limited else None
-        return "complete", EXIT_OK, None
+            return Outcome.PARTIAL, f"--limit {self.config.limit}" if limited else None
+        return Outcome.COMPLETE, None
 
     def _extra(self) -> dict[str, Any]:
         return {
@@ -451,45 +411,31 @@ class _Run:
             "retry_budget_denied": self.policy.budget.denied,
             "rate_limit_pauses": self.policy.pause.pauses,
             "concurrency": self.config.concurrency,
+            "flow": self._flow_figures().to_json(),
             **error_digest(self.paths.errors),
         }
 
-
-def _pacer(pace: Pace) -> Pacer | None:
-    """The shared pacer for the rates given; None (no per-request cost) without any."""
-    given: tuple[tuple[Unit, float | None, float], ...] = (
-        ("requests", pace.rps, 1.0),
-        ("requests", pace.rpm, 60.0),
-        ("tokens", pace.tpm, 60.0),
-    )
-    rates = [Rate(unit, amount, window) for unit, amount, window in given if amount is not None]
-    # A tenth of a second's budget at most at once: requests paced at a window's exact
-    # edge would land in one server-side window after network jitter.
-    return Pacer(rates, burst_seconds=PACE_BURST_S) if rates else None
-
-
-async def _reserve(pacer: Pacer, tokens: int) -> Reservation:
-    """Book this attempt's slot and wait for it: every attempt, retries included, is a
-    request the server counts."""
-    reservation = pacer.reserve(tokens)
-    if reservation.delay > 0:
-        await anyio.sleep(reservation.delay)
-    return reservation
-
-
-async def _settled(pacer: Pacer, reservation: Reservation, sending: Awaitable[Reply]) -> Reply:
-    """The reply, with the reservation's token estimate replaced by the real usage."""
-    try:
-        reply = await sending
-    except RateLimited:
-        pacer.settle(reservation, 0)  # a 429 was not processed: it cost no tokens
-        raise
-    usage = reply.response.get("usage")
-    total = usage.get("total_tokens") if isinstance(usage, dict) else None
-    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
-        pacer.settle(reservation, total)
-    return reply
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) else 0
+    def _flow_figures(self) -> FlowFigures:
+        stats, policy, limit = self.stats, self.policy, self.flow.limit
+        elapsed = stats.elapsed
+        sent = stats.sent
+        guard = self.stop.kind.value if self.stop and self.stop.kind.is_guard else None
+        return FlowFigures(
+            limits=self.flow.limits(),
+            observed=self.flow.observed,
+            rate_limited=self.flow.rate_limited,
+            paused_s=policy.pause.paused_s,
+            pauses=policy.pause.pauses,
+            retries_by_cause=policy.retries_by_cause,
+            budget_denied=policy.budget.denied,
+            in_flight_limit=limit.limit,
+            in_flight_lowest=limit.lowest,
+            in_flight_cuts=limit.cuts,
+            concurrency=self.config.concurrency,
+            achieved={
+                "requests_per_s": sent / elapsed if sent else None,
+                "requests_per_min": 60 * sent / elapsed if sent else None,
+                "tokens_per_min": 60 * stats.total_tokens / elapsed if sent else None,
+            },
+            guard=guard,
+        )

@@ -30,7 +30,14 @@ import orjson
 from .outdir import Paths, write_atomic
 from .records import Record
 
-__all__ = ["SessionInfo", "Totals", "build_summary", "percentiles", "write_summary"]
+__all__ = [
+    "SessionInfo",
+    "Totals",
+    "build_summary",
+    "percentiles",
+    "read_totals",
+    "write_summary",
+]
 
 Span = tuple[int, int]  # (offset, length) of one record in journal.jsonl
 

@@ -157,6 +157,7 @@ async def test_auth_breaker_still_fires_before_the_connection_one(
     [
         ({"type": "connection", "retryable": True}, False, True),
         ({"type": "timeout", "retryable": True}, False, False),
+        ({"type": "rate_limited", "status_code": 429, "retryable": True}, False, True),
         ({"type": "timeout", "retryable": True}, True, True),
         ({"type": "http_status", "status_code": 401, "retryable": False}, False, True),
         ({"type": "http_status", "status_code": 500, "retryable": True}, False, False),

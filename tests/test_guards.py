@@ -13,6 +13,7 @@ from jsonl import chat_request, read_jsonl, write_jsonl
 
 from batchrun import ConfigError, RunConfig, run_batch
 from batchrun.cli import main
+from batchrun.config import Guards
 from batchrun.mock import MockServer
 
 
@@ -23,7 +24,11 @@ async def test_deadline_stops_sending_drains_in_flight_and_resumes(
     server = mock_server(latency_ms=200)
     path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(40)])
     config = RunConfig(
-        input_path=path, outdir=tmp_path / "out", base_url=server.url, concurrency=4, deadline=0.5
+        input_path=path,
+        outdir=tmp_path / "out",
+        base_url=server.url,
+        concurrency=4,
+        guards=Guards(deadline=0.5),
     )
     with anyio.fail_after(30):
         report = await run_batch(config, api_key="k")
@@ -35,7 +40,7 @@ async def test_deadline_stops_sending_drains_in_flight_and_resumes(
     assert server.requests_received == len(journal)
     assert {r["status"] for r in journal} == {"ok"}
     with anyio.fail_after(30):
-        again = await run_batch(dataclasses.replace(config, deadline=None), api_key="k")
+        again = await run_batch(dataclasses.replace(config, guards=Guards()), api_key="k")
     assert again.exit_code == 0
     assert [r["index"] for r in read_jsonl(tmp_path / "out" / "results.jsonl")] == list(range(40))
     assert server.requests_received == 40  # nothing sent twice
@@ -52,4 +57,4 @@ def test_deadline_flag_takes_units_and_refuses_nonsense(tmp_path: Path) -> None:
         assert result.exit_code == 1, (value, result.output)
         assert "Invalid value for '--deadline'" in result.output
     with pytest.raises(ConfigError):
-        RunConfig(input_path=path, outdir=tmp_path / "o", deadline=float("nan"))
+        Guards(deadline=float("nan"))

@@ -27,8 +27,13 @@ from batchrun.mock import MockConfig, MockServer
 Factory = Callable[..., MockServer]
 MODEL = "mistral-small-latest"
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+# A line answered 429 for ever waits them out for rate_limit_wait, not max_attempts.
 FAST_RETRY = RetryConfig(
-    max_attempts=2, backoff_base=0.001, backoff_cap=0.002, retry_after_cap=0.01
+    max_attempts=2,
+    backoff_base=0.001,
+    backoff_cap=0.002,
+    retry_after_cap=0.01,
+    rate_limit_wait=0.05,
 )
 
 

@@ -1,5 +1,5 @@
-"""The adaptive in-flight limit's rules with a fake clock: one cut per storm, growth only
-while the pool is full, always within [1, maximum]."""
+"""The adaptive in-flight limit's rules with a fake clock: slow start, one cut per round
+of congestion, growth only while the pool is full, always within [1, maximum]."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchrun.inflight import AdaptiveLimit
+from batchrun.inflight import INITIAL_LIMIT, AdaptiveLimit
 
 
 class FakeClock:
@@ -18,69 +18,95 @@ class FakeClock:
         return self.now
 
 
-def test_a_429_halves_the_limit_once_per_storm() -> None:
-    clock = FakeClock()
-    limit = AdaptiveLimit(64, clock=clock, cooldown=5.0)
-    for _ in range(200):  # one storm of 20 s: 429s only, no success between them
-        limit.on_rate_limited()
-        clock.now += 0.1
-    assert (limit.limit, limit.cuts) == (32, 1)
-    limit.on_success(in_flight=1)  # the storm is over; a new 429 is new congestion
-    limit.on_rate_limited()
-    assert (limit.limit, limit.cuts) == (16, 2)
+def full(maximum: int, clock: FakeClock, *, streak: int = 3) -> AdaptiveLimit:
+    """A limit that slow start has already brought to `maximum`."""
+    return AdaptiveLimit(maximum, clock=clock, initial=maximum, overload_streak=streak)
 
 
-def test_cuts_are_at_least_a_cooldown_apart() -> None:
+def round_of_successes(limit: AdaptiveLimit, clock: FakeClock) -> None:
+    """Every slot's request, sent now, comes back: one round trip at a full pool."""
+    sent = clock.now
+    clock.now += 0.05
+    for _ in range(limit.limit):
+        limit.on_success(in_flight=limit.limit, sent_at=sent)
+
+
+def test_slow_start_begins_small_and_doubles_per_round_while_busy() -> None:
     clock = FakeClock()
-    limit = AdaptiveLimit(64, clock=clock, cooldown=5.0)
-    limit.on_rate_limited()
-    clock.now += 4.9
-    limit.on_success(in_flight=1)
-    limit.on_rate_limited()
-    assert (limit.limit, limit.cuts) == (32, 1)
-    clock.now += 0.1
-    limit.on_rate_limited()
-    assert (limit.limit, limit.cuts) == (16, 2)
+    limit = AdaptiveLimit(64, clock=clock)
+    assert limit.limit == INITIAL_LIMIT  # a key with no allowance costs a handful
+    rounds = 0
+    while limit.limit < 64:
+        before = limit.limit
+        round_of_successes(limit, clock)
+        assert limit.limit == min(64, 2 * before)
+        rounds += 1
+    assert rounds == 4  # 4 -> 8 -> 16 -> 32 -> 64
+    assert AdaptiveLimit(2, clock=clock).limit == 2  # never above the maximum
+
+
+def test_a_burst_of_429s_from_one_round_is_one_cut() -> None:
+    clock = FakeClock()
+    limit = full(64, clock)
+    sent = clock.now
+    clock.now += 0.05
+    for _ in range(64):  # the whole round comes back 429
+        limit.on_rate_limited(sent_at=sent)
+    assert (limit.limit, limit.cuts, limit.threshold) == (32, 1, 32)
+
+
+def test_a_storm_halves_the_limit_each_round_and_recovery_is_fast() -> None:
+    clock = FakeClock()
+    limit = full(64, clock)
+    for _ in range(20):  # 20 probes after 20 shared pauses: all refused
+        sent = clock.now
+        clock.now += 1.0
+        limit.on_rate_limited(sent_at=sent)
+    assert (limit.limit, limit.threshold, limit.lowest) == (1, 32, 1)
+    rounds = 0
+    while limit.limit < 64:  # the storm is over: slow start back to 32, then +1 a round
+        round_of_successes(limit, clock)
+        rounds += 1
+    assert rounds <= 5 + 33  # 1 -> 32 in five rounds, then one slot per round
+
+
+def test_replies_to_requests_sent_before_a_cut_neither_grow_nor_cut() -> None:
+    clock = FakeClock()
+    limit = full(16, clock)
+    old = clock.now
+    clock.now += 1
+    limit.on_rate_limited(sent_at=old)
+    assert limit.limit == 8
+    for _ in range(100):
+        limit.on_success(in_flight=16, sent_at=old)
+    limit.on_rate_limited(sent_at=old)
+    assert (limit.limit, limit.cuts) == (8, 1)
 
 
 def test_503s_and_timeouts_cut_only_as_a_streak() -> None:
     clock = FakeClock()
-    limit = AdaptiveLimit(8, clock=clock, overload_streak=3)
-    limit.on_overload()
-    limit.on_overload()
-    limit.on_success(in_flight=1)  # a success breaks the streak
-    limit.on_overload()
-    limit.on_overload()
+    limit = full(8, clock, streak=3)
+    limit.on_overload(clock.now)
+    limit.on_overload(clock.now)
+    limit.on_success(in_flight=1, sent_at=clock.now)  # a success breaks the streak
+    limit.on_overload(clock.now)
+    limit.on_overload(clock.now)
     assert limit.limit == 8
-    limit.on_overload()
-    assert limit.limit == 4
-    for _ in range(30):  # the same outage going on: no further cut
-        clock.now += 1
-        limit.on_overload()
+    limit.on_overload(clock.now)
     assert limit.limit == 4
 
 
 def test_growth_only_while_the_pool_is_full() -> None:
     clock = FakeClock()
-    limit = AdaptiveLimit(16, clock=clock, cooldown=5.0)
-    limit.on_rate_limited()
+    limit = full(16, clock)
+    limit.on_rate_limited(sent_at=clock.now)
+    clock.now += 1
     assert limit.limit == 8
-    clock.now += 5.0
     for _ in range(100):
-        limit.on_success(in_flight=7)  # idle slots: no evidence more would fit
+        limit.on_success(in_flight=7, sent_at=clock.now)  # idle slots: no evidence
     assert limit.limit == 8
-    for _ in range(8):  # one full round at the limit: one more slot
-        limit.on_success(in_flight=8)
+    round_of_successes(limit, clock)  # one full round at the limit: one more slot
     assert limit.limit == 9
-
-
-def test_no_growth_while_requests_sent_before_the_cut_return() -> None:
-    clock = FakeClock()
-    limit = AdaptiveLimit(16, clock=clock, cooldown=5.0)
-    limit.on_rate_limited()
-    for _ in range(100):
-        limit.on_success(in_flight=16)
-    assert limit.limit == 8
 
 
 @given(
@@ -90,24 +116,21 @@ def test_no_growth_while_requests_sent_before_the_cut_return() -> None:
         max_size=300,
     ),
 )
-def test_the_limit_stays_between_one_and_the_maximum_and_cuts_respect_the_cooldown(
+def test_the_limit_stays_between_one_and_the_maximum(
     maximum: int, events: list[tuple[str, int, float]]
 ) -> None:
     clock = FakeClock()
-    cooldown = 5.0
-    start = clock.now
-    limit = AdaptiveLimit(maximum, clock=clock, cooldown=cooldown)
-    for kind, in_flight, gap in events:
-        clock.now += gap
+    limit = AdaptiveLimit(maximum, clock=clock)
+    for kind, in_flight, age in events:
+        clock.now += 0.01
+        sent = clock.now - age
         if kind == "429":
-            limit.on_rate_limited()
+            limit.on_rate_limited(sent)
         elif kind == "503":
-            limit.on_overload()
+            limit.on_overload(sent)
         else:
-            limit.on_success(in_flight)
-        assert 1 <= limit.limit <= maximum
-    assert limit.cuts <= 1 + (clock.now - start) / cooldown
-    assert limit.cuts <= 1 + sum(kind == "ok" for kind, _, _ in events)
+            limit.on_success(in_flight, sent)
+        assert 1 <= limit.lowest <= limit.limit <= maximum
 
 
 def test_adaptive_limit_needs_a_positive_maximum() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from windows import most_in_any_window
 
 from batchrun.limits import (
     CHARS_PER_TOKEN,
@@ -29,16 +30,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def most_in_any_window(events: list[tuple[float, float]], window: float) -> float:
-    """The largest total cost inside any half-open window [s, s + window)."""
-    events = sorted(events)
-    best = 0.0
-    for i, (start, _) in enumerate(events):
-        total = sum(cost for at, cost in events[i:] if at < start + window - EPS)
-        best = max(best, total)
-    return best
 
 
 def most_in_any_span(events: list[tuple[float, float]], per_second: float) -> float:

@@ -11,26 +11,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from jsonl import chat_request, read_jsonl, write_jsonl
+from windows import arrivals, most_in_any_window
 
 from batchrun import Pace, RetryConfig, RunConfig, run_batch
 from batchrun.cli import main
 from batchrun.mock import MockServer
 
 Factory = Callable[..., MockServer]
-
-
-def arrivals(log: Path) -> list[float]:
-    return sorted(entry["t"] for entry in read_jsonl(log))
-
-
-def most_in_any_window(times: list[float], window: float) -> int:
-    """The largest count of arrivals in any half-open window [t, t + window)."""
-    most, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 @pytest.mark.anyio

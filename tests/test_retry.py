@@ -19,7 +19,7 @@ from batchrun.cli import main
 from batchrun.config import RetryConfig
 from batchrun.errors import ClientError, RateLimited, RetryableStatus, Timeout
 from batchrun.mock import MockServer
-from batchrun.retry import RetryBudget, RetryPolicy, SharedPause
+from batchrun.retry import LineRetries, RetryBudget, RetryPolicy, SharedPause
 
 DEMO = Path(__file__).resolve().parent.parent / "jobs" / "demo.jsonl"
 
@@ -40,7 +40,7 @@ class FakeClock:
 def fake_policy(config: RetryConfig, budget: RetryBudget | None = None) -> RetryPolicy:
     clock = FakeClock()
     pause = SharedPause(clock=clock, sleep=clock.sleep)
-    return RetryPolicy(config, pause=pause, budget=budget, sleep=clock.sleep)
+    return RetryPolicy(config, pause=pause, budget=budget, sleep=clock.sleep, clock=clock)
 
 
 def failing(failures: list[Exception]) -> tuple[Callable[[], Awaitable[str]], list[int]]:
@@ -118,7 +118,8 @@ def test_stop_and_wait_rules_only_read_state() -> None:
     policy = fake_policy(RetryConfig(max_attempts=5), budget)
     state = _state(1, RateLimited(b"", retry_after=3.0))
     for _ in range(20):
-        assert not policy.stop(state)  # asking again and again spends nothing
+        line = LineRetries(rate_limited=1, limited_since=100.0)  # now, on the fake clock
+        assert not policy.should_stop(state, line)  # asking again and again spends nothing
         assert policy.wait_seconds(state) == 0.0
     assert policy.pause.remaining() == 0  # the pause is set when the retry is decided
     assert budget.has_credit()
@@ -338,3 +339,28 @@ def test_the_demo_at_5000_lines_ends_with_every_line_ok(tmp_path: Path) -> None:
             out.write(orjson.dumps({**shapes[0], "messages": [*context, question]}) + b"\n")
     counts = run_demo(tmp_path / "demo5000.jsonl", tmp_path / "out")
     assert (counts["ok"], counts["failed"]) == (5000, 0)
+
+
+@pytest.mark.anyio
+async def test_429s_use_no_attempt_and_no_budget() -> None:
+    budget = RetryBudget(ratio=0.5, reserve=2)
+    policy = fake_policy(RetryConfig(max_attempts=2), budget)
+    failures: list[Exception] = [RateLimited(b"", retry_after=1.0) for _ in range(10)]
+    failures.insert(3, RetryableStatus(500, b""))  # one processed failure among them
+    assert await attempts_until_done(policy, failures) == 12
+    assert policy.retries_by_cause == {"rate_limited": 10, "http_status": 1}
+    assert budget.denied == 0
+    budget.spend()  # the 500's retry spent one credit; the 429s none: one is left
+    assert not budget.has_credit()
+
+
+@pytest.mark.anyio
+async def test_a_line_waits_out_429s_for_rate_limit_wait_then_gives_up() -> None:
+    policy = fake_policy(RetryConfig(max_attempts=2, rate_limit_wait=30.0))
+    failures: list[Exception] = [RateLimited(b"", retry_after=4.0) for _ in range(100)]
+    with pytest.raises(RateLimited):
+        await attempts_until_done(policy, failures)
+    attempts = 100 - len(failures)
+    assert attempts == 9  # 429s at t = 0, 4, ..., 32: the first past 30 s is the last
+    assert policy.budget.denied == 0
+    assert policy.pause.paused_s == pytest.approx(32.0)

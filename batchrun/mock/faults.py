@@ -28,7 +28,7 @@ from typing import IO, Any
 import orjson
 
 from .kinds import FAULT_KINDS, STREAM_FAULTS
-from .limits import Limiter, Verdict
+from .limits import Limiter, Quota, Verdict
 from .replies import (
     RawReply,
     completion,
@@ -72,6 +72,8 @@ class MockConfig:
     limit_tpm: int | None = None
     limit_tokens_month: int | None = None
     storms: tuple[tuple[float, float], ...] = ()  # (start, end) s after start: every chat 429
+    # False: no x-ratelimit-* headers, like a self-hosted server (vLLM, llama.cpp).
+    rate_headers: bool = True
     # Read once per chat request; tests pass a fake one to move the windows without waiting.
     clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
@@ -218,7 +220,7 @@ class MockState:
             retry_after=config.retry_after_s if wish.retry_after is None else wish.retry_after,
             retry_after_ms=wish.retry_after_ms,
             drip_s=(wish.drip_ms or 0.0) / 1000,
-            headers=rate_limit_headers(verdict.quota),
+            headers=self._quota_headers(verdict.quota),
             reply=reply,
             arrived_s=now,
         )
@@ -234,14 +236,17 @@ class MockState:
         """A 429 sent at once, as a provider's gateway does; Retry-After rounded up to ms."""
         assert verdict.refused is not None
         wait_ms = math.ceil(verdict.retry_after * 1000)
-        headers = rate_limit_headers(verdict.quota) + retry_headers(wait_ms / 1000, wait_ms)
+        headers = self._quota_headers(verdict.quota) + retry_headers(wait_ms / 1000, wait_ms)
         body = refusal_body(verdict.refused)
         return Plan(0.0, error=(429, body), headers=headers, refused=verdict.refused, arrived_s=now)
 
     def _unmetered(self, now: float, delay_ms: float, status: int, body: bytes) -> Plan:
         """A request the allowances never see (401, 422, 400), answered with their headers."""
-        headers = rate_limit_headers(self.limits.view(now))
+        headers = self._quota_headers(self.limits.view(now))
         return Plan(delay_ms / 1000, error=(status, body), headers=headers, arrived_s=now)
+
+    def _quota_headers(self, quota: Quota) -> bytes:
+        return rate_limit_headers(quota) if self.config.rate_headers else b""
 
     def _applies(self, wish: Directives, raw: bytes) -> bool:
         """A request's own fault or raw reply holds for its first `times` arrivals."""

@@ -1,0 +1,132 @@
+"""One worker's job: take lines, send each under the retry policy and flow control, and
+turn the outcome into a record for the writer. Stop rules and guards hear every outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .client import ChatClient, Reply
+from .errors import RequestFailed
+from .flow import FlowControl
+from .journal import SentLog
+from .progress import LiveStats
+from .records import Completed, Request, error_record, ok_record
+from .retry import RetryPolicy
+from .stops import GuardRules, Stop, StopRules
+
+__all__ = ["Worker"]
+
+
+class Worker:
+    """Shared by every worker task of a run (it holds no per-task state)."""
+
+    def __init__(
+        self,
+        client: ChatClient,
+        policy: RetryPolicy,
+        flow: FlowControl,
+        stats: LiveStats,
+        *,
+        stops: StopRules,
+        guards: GuardRules,
+        on_stop: Callable[[Stop], None],
+        sent_log: SentLog,
+    ) -> None:
+        self.client = client
+        self.policy = policy
+        self.flow = flow
+        self.stats = stats
+        self.stops = stops
+        self.guards = guards
+        self.on_stop = on_stop
+        self.sent_log = sent_log
+
+    async def run(
+        self,
+        work_recv: MemoryObjectReceiveStream[Request],
+        done_send: MemoryObjectSendStream[Completed],
+    ) -> None:
+        """Process lines until the dispatcher closes the channel."""
+        async with work_recv, done_send:
+            async for request in work_recv:
+                self.sent_log.mark(request.index)
+                completed = await self.process(request)
+                try:
+                    done_send.send_nowait(completed)
+                except anyio.WouldBlock:
+                    # A reply we paid for must reach the journal even if we are being
+                    # cancelled; the writer always drains, so this cannot hang.
+                    with anyio.CancelScope(shield=True):
+                        await done_send.send(completed)
+
+    async def process(self, request: Request) -> Completed:
+        stats, flow, client = self.stats, self.flow, self.client
+        attempts = 0
+        started = 0.0
+
+        async def attempt() -> Reply:
+            nonlocal attempts, started
+            reservation = await flow.admit(request.tokens)
+            attempts += 1
+            stats.sent += 1
+            stats.retries += attempts > 1
+            started = time.perf_counter()
+            try:
+                reply = await client.complete(request.payload, stream=request.stream)
+            except RequestFailed as exc:
+                flow.failed(reservation, exc)
+                raise
+            except BaseException:
+                flow.release()
+                raise
+            flow.succeeded(reservation, reply)
+            return reply
+
+        stats.in_flight += 1
+        try:
+            reply = await self.policy.call(attempt)
+        except RequestFailed as exc:
+            return self._failed(request, exc, attempts, started)
+        finally:
+            stats.in_flight -= 1
+        return self._succeeded(request, reply, attempts, started)
+
+    def _succeeded(
+        self, request: Request, reply: Reply, attempts: int, started: float
+    ) -> Completed:
+        self.stops.succeeded()
+        stats = self.stats
+        stats.ok += 1
+        usage = reply.response.get("usage")
+        tokens = 0
+        if isinstance(usage, dict):
+            stats.completion_tokens += _count(usage.get("completion_tokens"))
+            tokens = _count(usage.get("total_tokens"))
+            stats.total_tokens += tokens
+        self._guard(self.guards.completed(request.tokens, tokens, failed=False))
+        ttft = None if reply.ttft_s is None else reply.ttft_s * 1000
+        latency = (time.perf_counter() - started) * 1000
+        return ok_record(
+            request, reply.response, attempts=attempts, latency_ms=latency, ttft_ms=ttft
+        )
+
+    def _failed(
+        self, request: Request, error: RequestFailed, attempts: int, started: float
+    ) -> Completed:
+        self.stats.failed += 1
+        self._guard(self.stops.failed(error))
+        self._guard(self.guards.completed(request.tokens, 0, failed=True))
+        latency = (time.perf_counter() - started) * 1000 if started else None
+        return error_record(request, error, attempts=attempts, latency_ms=latency)
+
+    def _guard(self, stop: Stop | None) -> None:
+        if stop is not None:
+            self.on_stop(stop)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
