@@ -1,6 +1,7 @@
 """batchrun: run large batches of chat-completion requests from JSONL files, crash-safe.
 
-Library use mirrors the CLI: build a `RunConfig`, await `run_batch(config)`.
+Library use mirrors the CLI: build a `RunConfig`, await `run_batch(config)`; read a stored
+results.jsonl line back with `Record.parse`.
 """
 
 from ._version import __version__
@@ -25,6 +26,7 @@ from .errors import (
     TransientError,
     TransportFailure,
 )
+from .records import Record
 from .runner import RunReport, run_batch
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Pace",
     "PermanentError",
     "RateLimited",
+    "Record",
     "RequestFailed",
     "ResumeRefused",
     "RetryConfig",

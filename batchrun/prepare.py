@@ -22,17 +22,10 @@ from rich.text import Text
 
 from .config import RunConfig
 from .errors import ConfigError
-from .journal import (
-    OutdirLock,
-    Paths,
-    ResumeState,
-    check_input_outside_outputs,
-    load_state,
-    lock_outdir,
-    open_outdir,
-)
-from .output import write_failed
+from .journal import ResumeState
+from .outdir import OutdirLock, Paths, check_input_outside_outputs, lock_outdir, write_failed
 from .reader import InputScan, check_models, needs_spool, scan_input, spool_input
+from .resume import load_state, open_outdir
 
 __all__ = ["api_key_for", "open_run"]
 

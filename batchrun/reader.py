@@ -22,15 +22,14 @@ import orjson
 from .dupes import DuplicateFinder, Duplicates
 from .errors import ConfigError, InputError, InvalidInput
 from .limits import estimate_tokens
+from .records import BadLine, Request
 from .validate import validate_body
 
 __all__ = [
-    "BadLine",
     "InputFormat",
     "InputScan",
     "LineParser",
     "RawLine",
-    "Request",
     "check_models",
     "detect_format",
     "iter_raw_lines",
@@ -61,24 +60,6 @@ class RawLine:
     number: int  # 1-based line number in the file, blank lines included
     data: bytes | None
     length: int
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    index: int
-    line: int
-    custom_id: str | None
-    payload: bytes  # the JSON body exactly as it will be sent
-    stream: bool
-    tokens: int = 0  # estimated cost, for a tokens-per-minute pace (0 when none is set)
-
-
-@dataclass(frozen=True, slots=True)
-class BadLine:
-    index: int
-    line: int
-    custom_id: str | None
-    error: InvalidInput
 
 
 @dataclass(frozen=True)

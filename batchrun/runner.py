@@ -24,20 +24,14 @@ from .client import ChatClient
 from .config import RunConfig
 from .errors import Aborted, InputError
 from .flow import FlowControl, FlowFigures
-from .journal import Paths, ResumeState
+from .journal import ResumeState, SentLog
 from .outcome import Outcome, RunReport
-from .output import Completed, ResultWriter, SentLog, error_record, write_failed
+from .outdir import Paths, write_failed
 from .prepare import api_key_for, open_run
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
-from .reader import (
-    BadLine,
-    InputFormat,
-    InputScan,
-    LineParser,
-    Request,
-    iter_requests,
-    unused_model_warning,
-)
+from .reader import InputFormat, InputScan, LineParser, iter_requests, unused_model_warning
+from .records import BadLine, Completed, Request, error_record
+from .results import ResultWriter
 from .retry import RetryPolicy
 from .stops import GuardRules, Stop, StopKind, StopRules
 from .summary import SessionInfo, build_summary, read_totals, write_summary

@@ -3,8 +3,8 @@
 Built from results.jsonl, plus the journal records of lines done beyond a gap (a run
 stopped early), at the end of every session, so it always describes the whole batch
 (all sessions), never just the part this process happened to run. A record may
-hold any JSON shape (a server's reply is kept verbatim, old files may be edited): a
-field of the wrong type counts as absent, never as an error.
+hold any JSON shape (a server's reply is kept verbatim, old files may be edited): it is
+read as a `Record`, where a field of the wrong type counts as absent, never as an error.
 
 Rates mean what they say:
 * `session.requests_per_s` is requests sent by this session (retries included) per
@@ -27,7 +27,8 @@ from typing import Any
 
 import orjson
 
-from .journal import Paths, write_atomic
+from .outdir import Paths, write_atomic
+from .records import Record
 
 __all__ = [
     "SessionInfo",
@@ -43,21 +44,6 @@ Span = tuple[int, int]  # (offset, length) of one record in journal.jsonl
 PERCENTILES = (50, 90, 99)
 TOKEN_KEYS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 MIN_DECODE_MS = 50.0
-NO_OBJECT: dict[str, Any] = {}  # read-only stand-in for a field that is not an object
-
-
-def _count(value: object) -> int:
-    """A usable count: an int >= 0 (not a bool), else 0."""
-    return value if type(value) is int and value >= 0 else 0
-
-
-def _number(value: object) -> float | None:
-    """A usable measurement: an int or float (not a bool), else None."""
-    return value if type(value) is float or type(value) is int else None
-
-
-def _object(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else NO_OBJECT
 
 
 @dataclass
@@ -73,35 +59,32 @@ class Totals:
     ttfts_ms: list[float] = field(default_factory=list)
     decode_tokens_per_s: list[float] = field(default_factory=list)
 
-    def add(self, record: object) -> None:
-        if not isinstance(record, dict):
+    def add(self, record: Record | None) -> None:
+        if record is None:
             return  # not a record at all: nothing in it can be counted
-        self.attempts += _count(record.get("attempts"))
-        if record.get("status") == "ok":
+        self.attempts += record.attempts or 0
+        if record.status == "ok":
             self._add_ok(record)
         else:
             self.failed += 1
-            kind = _object(record.get("error")).get("type")
-            self.error_types[kind if isinstance(kind, str) else "unknown"] += 1
+            kind = record.error_type
+            self.error_types[kind if kind is not None else "unknown"] += 1
 
-    def _add_ok(self, record: dict[str, Any]) -> None:
+    def _add_ok(self, record: Record) -> None:
         self.ok += 1
-        response = _object(record.get("response"))
-        usage = _object(response.get("usage"))
-        model = response.get("model")
-        model = model if isinstance(model, str) and model else "unknown"
+        model = record.model or "unknown"
         tokens = self.tokens_by_model.get(model)
         if tokens is None:  # not setdefault: that would build a dict for every record
             tokens = self.tokens_by_model[model] = dict.fromkeys(TOKEN_KEYS, 0)
         tokens["requests"] += 1
-        completion = _count(usage.get("completion_tokens"))
-        tokens["prompt_tokens"] += _count(usage.get("prompt_tokens"))
+        completion = record.completion_tokens or 0
+        tokens["prompt_tokens"] += record.prompt_tokens or 0
         tokens["completion_tokens"] += completion
-        tokens["total_tokens"] += _count(usage.get("total_tokens"))
-        latency = _number(record.get("latency_ms"))
+        tokens["total_tokens"] += record.total_tokens or 0
+        latency = record.latency_ms
         if latency is not None:
             self.latencies_ms.append(latency)
-            ttft = _number(record.get("ttft_ms"))
+            ttft = record.ttft_ms
             if ttft is not None:
                 self._add_stream_timing(latency, ttft, completion)
 
@@ -154,20 +137,13 @@ def read_totals(results: Path, journal: Path | None = None, spans: Iterable[Span
     if results.exists():
         with results.open("rb") as stream:
             for line in stream:
-                totals.add(_parsed(line))
+                totals.add(Record.parse(line))
     if journal is not None and journal.exists():
         with journal.open("rb") as stream:
             for offset, length in spans:
                 stream.seek(offset)
-                totals.add(_parsed(stream.read(length)))
+                totals.add(Record.parse(stream.read(length)))
     return totals
-
-
-def _parsed(line: bytes) -> object:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None  # counted nowhere, like any other line that is not a record
 
 
 def build_summary(

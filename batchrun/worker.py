@@ -12,9 +12,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .client import ChatClient, Reply
 from .errors import RequestFailed
 from .flow import FlowControl
-from .output import Completed, SentLog, error_record, ok_record
+from .journal import SentLog
 from .progress import LiveStats
-from .reader import Request
+from .records import Completed, Request, error_record, ok_record
 from .retry import RetryPolicy
 from .stops import GuardRules, Stop, StopRules
 

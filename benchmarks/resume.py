@@ -22,9 +22,11 @@ import orjson
 from harness import PYTHON, run_measured, write_requests
 
 from batchrun.config import RunConfig
-from batchrun.journal import Paths, open_outdir
-from batchrun.output import ResultWriter, ok_record
+from batchrun.outdir import Paths
 from batchrun.reader import InputFormat, LineParser, iter_requests, scan_input
+from batchrun.records import ok_record
+from batchrun.results import ResultWriter
+from batchrun.resume import open_outdir
 
 BATCH = 4096
 

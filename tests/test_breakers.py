@@ -16,8 +16,9 @@ from jsonl import chat_request, write_jsonl
 
 from batchrun import RetryConfig, RunConfig, RunReport, Timeouts, run_batch
 from batchrun.cli import main
-from batchrun.journal import _needs_redo
 from batchrun.mock import MockServer
+from batchrun.records import Record
+from batchrun.resume import needs_redo
 
 KEY = "sk-test-breakers"
 FAST = RetryConfig(max_attempts=3, backoff_base=0.01, backoff_cap=0.05)
@@ -169,7 +170,8 @@ async def test_auth_breaker_still_fires_before_the_connection_one(
 def test_which_failures_a_plain_resume_sends_again(
     error: dict[str, Any], retry_failed: bool, redo: bool
 ) -> None:
-    assert _needs_redo({"status": "error", "error": error}, retry_failed) is redo
+    record = Record.parse(orjson.dumps({"status": "error", "error": error}))
+    assert record is not None and needs_redo(record, retry_failed) is redo
 
 
 @pytest.mark.anyio

@@ -17,6 +17,7 @@ PUBLIC = [
     "Pace",
     "PermanentError",
     "RateLimited",
+    "Record",
     "RequestFailed",
     "ResumeRefused",
     "RetryConfig",

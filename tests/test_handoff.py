@@ -17,8 +17,8 @@ import pytest
 from jsonl import chat_request, write_jsonl
 
 from batchrun import RunConfig, Timeouts, run_batch
-from batchrun.journal import Paths
 from batchrun.mock import MockServer
+from batchrun.outdir import Paths
 
 CONCURRENCY = 16
 

@@ -22,8 +22,8 @@ import pytest
 from jsonl import read_jsonl
 
 from batchrun import ConfigError, ResumeRefused, RetryConfig, RunConfig, RunReport, run_batch
-from batchrun.journal import Paths
 from batchrun.mock import MockServer
+from batchrun.outdir import Paths
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-test-interruptions-0c4d"

@@ -17,10 +17,13 @@ from hypothesis import strategies as st
 from batchrun import run_batch
 from batchrun.config import RunConfig
 from batchrun.errors import ResumeRefused
-from batchrun.journal import OutdirLock, Paths, ResumeState, open_outdir
+from batchrun.journal import ResumeState
 from batchrun.mock import MockServer
-from batchrun.output import Completed, ResultWriter
+from batchrun.outdir import OutdirLock, Paths
 from batchrun.reader import InputFormat, InputScan
+from batchrun.records import Completed
+from batchrun.results import ResultWriter
+from batchrun.resume import open_outdir
 
 
 def record(index: int, failed: bool = False) -> Completed:

@@ -16,15 +16,8 @@ from jsonl import write_jsonl
 from batchrun import RunConfig, run_batch
 from batchrun.errors import InputError
 from batchrun.mock import MockServer
-from batchrun.reader import (
-    BadLine,
-    InputFormat,
-    LineParser,
-    Request,
-    iter_raw_lines,
-    iter_requests,
-    scan_input,
-)
+from batchrun.reader import InputFormat, LineParser, iter_raw_lines, iter_requests, scan_input
+from batchrun.records import BadLine, Request
 
 GOOD = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -16,6 +16,7 @@ from jsonl import write_jsonl
 from batchrun import RetryConfig, RunConfig, RunReport, run_batch
 from batchrun.cli import main
 from batchrun.mock import MockServer
+from batchrun.records import Record
 from batchrun.summary import MIN_DECODE_MS, Totals
 
 Factory = Callable[..., MockServer]
@@ -100,8 +101,8 @@ async def test_decode_rate_needs_output_spread_over_time(
 def test_decode_rule_and_any_record_shape() -> None:
     totals = Totals()
     base = {"status": "ok", "response": {"usage": {"completion_tokens": 11}}}
-    totals.add({**base, "latency_ms": 20 + MIN_DECODE_MS - 1, "ttft_ms": 20})
-    totals.add({**base, "latency_ms": 1020, "ttft_ms": 20})
+    totals.add(Record.from_value({**base, "latency_ms": 20 + MIN_DECODE_MS - 1, "ttft_ms": 20}))
+    totals.add(Record.from_value({**base, "latency_ms": 1020, "ttft_ms": 20}))
     odd: tuple[object, ...] = (
         5,
         None,
@@ -111,6 +112,6 @@ def test_decode_rule_and_any_record_shape() -> None:
         {"status": "ok", "response": 5},
     )
     for record in odd:
-        totals.add(record)
+        totals.add(Record.from_value(record))
     assert totals.decode_tokens_per_s == [10.0]  # ten tokens after the first, in one second
     assert (totals.ok, totals.failed) == (3, 1)

@@ -1,6 +1,6 @@
 """The building blocks of validation: value descriptions for error reasons, leaf
-checkers, and `Field` tables walked over the keys an object has. Used by validate.py and
-validate_messages.py."""
+checkers, and `Field` tables walked over the keys an object has. Used by body.py and
+messages.py; every name they share is public here, nothing else is."""
 
 from __future__ import annotations
 
@@ -9,9 +9,46 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
-Check = Callable[[Any, list[str]], None]  # (non-null value, warnings); raises _Invalid
+__all__ = [
+    "CLIP",
+    "HIGH_TEMPERATURE",
+    "INT_MAX",
+    "MISSING_REASON",
+    "NULL_REASON",
+    "STRINGS",
+    "Check",
+    "CrossCheck",
+    "Field",
+    "Invalid",
+    "arguments",
+    "array_of",
+    "boolean",
+    "check_fields",
+    "clip",
+    "documented",
+    "flat_map",
+    "integer",
+    "json_object",
+    "key_required",
+    "listing",
+    "nonempty_text",
+    "not_null",
+    "number",
+    "one_of",
+    "optional",
+    "quote",
+    "render",
+    "required",
+    "shape",
+    "stop",
+    "string_or_integer",
+    "temperature",
+    "text",
+]
+
+Check = Callable[[Any, list[str]], None]  # (non-null value, warnings); raises Invalid
 CrossCheck = Callable[[Mapping[str, Any], list[str]], None]  # runs after every field passed
 
 MISSING_REASON = "required field is missing"
@@ -23,7 +60,7 @@ CLIP = 40
 _ABSENT = object()
 
 
-class _Invalid(Exception):
+class Invalid(Exception):
     """A hard error below the top level. Its path is collected while the stack unwinds, so a
     valid body never pays for formatting field names."""
 
@@ -32,7 +69,7 @@ class _Invalid(Exception):
         self.reason = reason
         self.path: list[str | int] = list(reversed(inner))  # innermost segment first
 
-    def under(self, segment: str | int) -> _Invalid:
+    def under(self, segment: str | int) -> Invalid:
         self.path.append(segment)
         return self
 
@@ -53,15 +90,15 @@ _KINDS: tuple[tuple[type, str], ...] = (
 )
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= CLIP else text[: CLIP - 1] + "…"
+def clip(string: str) -> str:
+    return string if len(string) <= CLIP else string[: CLIP - 1] + "…"
 
 
-def _quote(text: str) -> str:
-    return json.dumps(_clip(text), ensure_ascii=False)
+def quote(string: str) -> str:
+    return json.dumps(clip(string), ensure_ascii=False)
 
 
-def _render(value: object) -> str:
+def render(value: object) -> str:
     """The offending value as the user wrote it in JSON, e.g. `"0.5" (string)`."""
     if value is None:
         return "null"
@@ -71,13 +108,13 @@ def _render(value: object) -> str:
     if kind in ("array", "object"):
         return f"an {kind}"
     if isinstance(value, str):
-        return f"{_quote(value)} (string)"
+        return f"{quote(value)} (string)"
     if isinstance(value, int) and value.bit_length() > 64:
         return "an integer wider than 64 bits"  # str() of a huge int can itself raise
     return f"{json.dumps(value)} ({kind})"  # NaN and Infinity come out as JSON spells them
 
 
-def _listing(values: tuple[str, ...] | frozenset[str]) -> str:
+def listing(values: tuple[str, ...] | frozenset[str]) -> str:
     return ", ".join(sorted(values) if isinstance(values, frozenset) else values)
 
 
@@ -96,112 +133,112 @@ def _bounds(low: float, high: float) -> str:
     return f" >= {low:g}" if low > -math.inf else ""
 
 
-def _number(low: float = -math.inf, high: float = math.inf) -> Check:
+def number(low: float = -math.inf, high: float = math.inf) -> Check:
     def check(value: Any, warnings: list[str]) -> None:
         if not (_is_number(value) and low <= value <= high):
             finite = "finite " if isinstance(value, float) and not math.isfinite(value) else ""
-            raise _Invalid(f"must be a {finite}number{_bounds(low, high)}, got {_render(value)}")
+            raise Invalid(f"must be a {finite}number{_bounds(low, high)}, got {render(value)}")
 
     return check
 
 
-def _integer(low: int) -> Check:
+def integer(low: int) -> Check:
     def check(value: Any, warnings: list[str]) -> None:
         if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= INT_MAX):
-            raise _Invalid(_integer_reason(value, low))
+            raise Invalid(_integer_reason(value, low))
 
     return check
 
 
 def _integer_reason(value: object, low: int) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value > INT_MAX:
-        return f"must be at most {INT_MAX} (a 64-bit integer), got {_render(value)}"
-    return f"must be an integer >= {low}, got {_render(value)}"
+        return f"must be at most {INT_MAX} (a 64-bit integer), got {render(value)}"
+    return f"must be an integer >= {low}, got {render(value)}"
 
 
-def _boolean(value: Any, warnings: list[str]) -> None:
+def boolean(value: Any, warnings: list[str]) -> None:
     if value is not True and value is not False:
-        raise _Invalid(f"must be a boolean (true or false), got {_render(value)}")
+        raise Invalid(f"must be a boolean (true or false), got {render(value)}")
 
 
-def _text(value: Any, warnings: list[str]) -> None:
+def text(value: Any, warnings: list[str]) -> None:
     if not isinstance(value, str):
-        raise _Invalid(f"must be a string, got {_render(value)}")
+        raise Invalid(f"must be a string, got {render(value)}")
 
 
-def _name(value: Any, warnings: list[str]) -> None:
+def nonempty_text(value: Any, warnings: list[str]) -> None:
     if not isinstance(value, str) or not value:
-        raise _Invalid(f"must be a non-empty string, got {_render(value)}")
+        raise Invalid(f"must be a non-empty string, got {render(value)}")
 
 
-def _object(value: Any, warnings: list[str]) -> None:
+def json_object(value: Any, warnings: list[str]) -> None:
     if not isinstance(value, dict):
-        raise _Invalid(f"must be an object, got {_render(value)}")
+        raise Invalid(f"must be an object, got {render(value)}")
 
 
-def _one_of(*allowed: str) -> Check:
+def one_of(*allowed: str) -> Check:
     def check(value: Any, warnings: list[str]) -> None:
         if not (isinstance(value, str) and value in allowed):
-            raise _Invalid(f"must be one of {_listing(allowed)}; got {_render(value)}")
+            raise Invalid(f"must be one of {listing(allowed)}; got {render(value)}")
 
     return check
 
 
-def _documented(field: str, *known: str) -> Check:
+def documented(field: str, *known: str) -> Check:
     """An open enum: the SDK passes unknown strings through, so a new value is a warning."""
 
     def check(value: Any, warnings: list[str]) -> None:
         if not isinstance(value, str):
-            raise _Invalid(f"must be a string such as {_listing(known)}; got {_render(value)}")
+            raise Invalid(f"must be a string such as {listing(known)}; got {render(value)}")
         if value not in known:
-            warnings.append(f"{field}: {_quote(value)} is not a documented value, sent as is")
+            warnings.append(f"{field}: {quote(value)} is not a documented value, sent as is")
 
     return check
 
 
-def _array_of(item: Check, what: str) -> Check:
+def array_of(item: Check, what: str) -> Check:
     def check(value: Any, warnings: list[str]) -> None:
         if not isinstance(value, list):
-            raise _Invalid(f"must be an array of {what}, got {_render(value)}")
+            raise Invalid(f"must be an array of {what}, got {render(value)}")
         for i, element in enumerate(value):
             try:
                 item(element, warnings)
-            except _Invalid as exc:
+            except Invalid as exc:
                 raise exc.under(i) from None
 
     return check
 
 
-def _id(value: Any, warnings: list[str]) -> None:
+def string_or_integer(value: Any, warnings: list[str]) -> None:
     if not (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))):
-        raise _Invalid(f"must be an integer or a string, got {_render(value)}")
+        raise Invalid(f"must be an integer or a string, got {render(value)}")
 
 
-def _arguments(value: Any, warnings: list[str]) -> None:
+def arguments(value: Any, warnings: list[str]) -> None:
     if not isinstance(value, str | dict):
-        raise _Invalid(f"must be a string of JSON or an object, got {_render(value)}")
+        raise Invalid(f"must be a string of JSON or an object, got {render(value)}")
 
 
-def _flat_map(value: Any, warnings: list[str]) -> None:
-    _object(value, warnings)
+def flat_map(value: Any, warnings: list[str]) -> None:
+    json_object(value, warnings)
     for key, item in value.items():
         if not (isinstance(item, str | bool) or _is_number(item)):
-            raise _Invalid(f"must be a string, number or boolean, got {_render(item)}", key)
+            raise Invalid(f"must be a string, number or boolean, got {render(item)}", key)
 
 
-_NON_NEGATIVE = _number(0)
-_STRINGS = _array_of(_text, "strings")
+_NON_NEGATIVE = number(0)
+STRINGS = array_of(text, "strings")
 
 
-def _temperature(value: Any, warnings: list[str]) -> None:
+def temperature(value: Any, warnings: list[str]) -> None:
     _NON_NEGATIVE(value, warnings)
     if value > HIGH_TEMPERATURE:
         warnings.append("temperature: above 1.5, output may be erratic (0-0.7 is recommended)")
 
 
-def _stop(value: Any, warnings: list[str]) -> None:
+def stop(value: Any, warnings: list[str]) -> None:
     if not isinstance(value, str):
-        _STRINGS(value, warnings)
+        STRINGS(value, warnings)
 
 
 # ---- objects: a tuple of fields walked by one function -------------------------------
@@ -214,42 +251,42 @@ class Field(NamedTuple):
     nullable: bool = True  # an explicit null is accepted (and not checked further)
 
 
-def _optional(name: str, check: Check) -> Field:
+def optional(name: str, check: Check) -> Field:
     return Field(name, check)
 
 
-def _not_null(name: str, check: Check) -> Field:
+def not_null(name: str, check: Check) -> Field:
     return Field(name, check, nullable=False)
 
 
-def _required(name: str, check: Check) -> Field:
+def required(name: str, check: Check) -> Field:
     return Field(name, check, required=True, nullable=False)
 
 
-def _key_required(name: str, check: Check) -> Field:
+def key_required(name: str, check: Check) -> Field:
     """The SDK makes the key mandatory but lets it be null (user and tool `content`)."""
     return Field(name, check, required=True)
 
 
-def _check_fields(obj: Mapping[str, Any], fields: tuple[Field, ...], warnings: list[str]) -> None:
-    for name, check, required, nullable in fields:
+def check_fields(obj: Mapping[str, Any], fields: tuple[Field, ...], warnings: list[str]) -> None:
+    for name, check, must_exist, nullable in fields:
         value = obj.get(name, _ABSENT)
         if value is None:
             if not nullable:
-                raise _Invalid(NULL_REASON, name)
+                raise Invalid(NULL_REASON, name)
         elif value is _ABSENT:
-            if required:
-                raise _Invalid(MISSING_REASON, name)
+            if must_exist:
+                raise Invalid(MISSING_REASON, name)
         else:
             try:
                 check(value, warnings)
-            except _Invalid as exc:
+            except Invalid as exc:
                 raise exc.under(name) from None
 
 
-def _shape(*fields: Field) -> Check:
+def shape(*fields: Field) -> Check:
     def check(value: Any, warnings: list[str]) -> None:
-        _object(value, warnings)
-        _check_fields(value, fields, warnings)
+        json_object(value, warnings)
+        check_fields(value, fields, warnings)
 
     return check

@@ -11,55 +11,55 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import InvalidInput
-from .validate_checks import (
-    _STRINGS,
+from ..errors import InvalidInput
+from .checks import (
     MISSING_REASON,
     NULL_REASON,
+    STRINGS,
     CrossCheck,
     Field,
-    _array_of,
-    _boolean,
-    _check_fields,
-    _clip,
-    _documented,
-    _integer,
-    _Invalid,
-    _listing,
-    _name,
-    _not_null,
-    _number,
-    _object,
-    _one_of,
-    _optional,
-    _quote,
-    _render,
-    _required,
-    _shape,
-    _stop,
-    _temperature,
-    _text,
+    Invalid,
+    array_of,
+    boolean,
+    check_fields,
+    clip,
+    documented,
+    integer,
+    json_object,
+    listing,
+    nonempty_text,
+    not_null,
+    number,
+    one_of,
+    optional,
+    quote,
+    render,
+    required,
+    shape,
+    stop,
+    temperature,
+    text,
 )
-from .validate_messages import _messages
+from .messages import check_messages
 
-__all__ = ["validate_body"]
+__all__ = ["FIELDS", "validate_body"]
 
 # ---- tools and tool_choice (§2.4) ------------------------------------------------------
 
 TOOL_CHOICES = ("auto", "none", "any", "required")
 FORCING_CHOICES = ("any", "required")
-_FUNCTION = _shape(
-    _required("name", _name),
-    _required("parameters", _object),
-    _optional("description", _text),
-    _optional("strict", _boolean),
+_FUNCTION = shape(
+    required("name", nonempty_text),
+    required("parameters", json_object),
+    optional("description", text),
+    optional("strict", boolean),
 )
-_CONFIGURATION = _optional("tool_configuration", _object)
+_CONFIGURATION = optional("tool_configuration", json_object)
 TOOL_FIELDS: dict[str, tuple[Field, ...]] = {
-    "function": (_required("function", _FUNCTION),),
+    "function": (required("function", _FUNCTION),),
     "image_generation": (_CONFIGURATION,),
-    "document_library": (_required("library_ids", _STRINGS), _CONFIGURATION),
-    "connector": (_required("connector_id", _text), _CONFIGURATION),
+    "document_library": (required("library_ids", STRINGS), _CONFIGURATION),
+    "connector": (required("connector_id", text), _CONFIGURATION),
 }
 TOOL_TYPES = tuple(TOOL_FIELDS)
 BUILT_IN_TOOL = "tools[*].type: built-in tool {} sent as is; the reference advises function tools"
@@ -67,14 +67,14 @@ BUILT_IN_TOOL = "tools[*].type: built-in tool {} sent as is; the reference advis
 
 def _tool(tool: Any, warnings: list[str]) -> str | None:
     """Check one tool; its function name, or None for a built-in tool."""
-    _object(tool, warnings)
+    json_object(tool, warnings)
     kind = tool.get("type", "function")  # the SDK's default
     fields = TOOL_FIELDS.get(kind) if isinstance(kind, str) else None
     if fields is None:
-        raise _Invalid(f"must be one of {_listing(TOOL_TYPES)}; got {_render(kind)}", "type")
-    _check_fields(tool, fields, warnings)
+        raise Invalid(f"must be one of {listing(TOOL_TYPES)}; got {render(kind)}", "type")
+    check_fields(tool, fields, warnings)
     if kind != "function":
-        warnings.append(BUILT_IN_TOOL.format(_quote(kind)))
+        warnings.append(BUILT_IN_TOOL.format(quote(kind)))
         return None
     name: str = tool["function"]["name"]
     return name
@@ -82,33 +82,33 @@ def _tool(tool: Any, warnings: list[str]) -> str | None:
 
 def _tools(value: Any, warnings: list[str]) -> None:
     if not isinstance(value, list):
-        raise _Invalid(f"must be an array of tools, got {_render(value)}")
+        raise Invalid(f"must be an array of tools, got {render(value)}")
     names: set[str] = set()
     for i, tool in enumerate(value):
         try:
             name = _tool(tool, warnings)
-        except _Invalid as exc:
+        except Invalid as exc:
             raise exc.under(i) from None
         if name in names:
-            reason = f"duplicate function name {_quote(name)}; tool names must be unique"
-            raise _Invalid(reason, i, "function", "name")
+            reason = f"duplicate function name {quote(name)}; tool names must be unique"
+            raise Invalid(reason, i, "function", "name")
         if name is not None:
             names.add(name)
 
 
 _NAMED_CHOICE = (
-    _optional("type", _text),  # a free string in the SDK
-    _required("function", _shape(_required("name", _name))),
+    optional("type", text),  # a free string in the SDK
+    required("function", shape(required("name", nonempty_text))),
 )
 
 
 def _tool_choice(value: Any, warnings: list[str]) -> None:
     if isinstance(value, dict):
-        _check_fields(value, _NAMED_CHOICE, warnings)
+        check_fields(value, _NAMED_CHOICE, warnings)
     elif not (isinstance(value, str) and value in TOOL_CHOICES):
-        raise _Invalid(
-            f'must be one of {_listing(TOOL_CHOICES)} or {{"type": "function", "function": '
-            f'{{"name": ...}}}}; got {_render(value)}'
+        raise Invalid(
+            f'must be one of {listing(TOOL_CHOICES)} or {{"type": "function", "function": '
+            f'{{"name": ...}}}}; got {render(value)}'
         )
 
 
@@ -116,32 +116,32 @@ def _tool_choice(value: Any, warnings: list[str]) -> None:
 
 FORMAT_TYPES = ("text", "json_object", "json_schema")
 _FORMAT_FIELDS = (
-    _not_null("type", _documented("response_format.type", *FORMAT_TYPES)),
-    _optional(
+    not_null("type", documented("response_format.type", *FORMAT_TYPES)),
+    optional(
         "json_schema",
-        _shape(
-            _required("name", _name),
-            _required("schema", _object),  # `schema_definition` in the SDK, `schema` on the wire
-            _optional("description", _text),
-            _optional("strict", _boolean),
+        shape(
+            required("name", nonempty_text),
+            required("schema", json_object),  # `schema_definition` in the SDK, `schema` on the wire
+            optional("description", text),
+            optional("strict", boolean),
         ),
     ),
 )
 
 
 def _response_format(value: Any, warnings: list[str]) -> None:
-    _object(value, warnings)
-    _check_fields(value, _FORMAT_FIELDS, warnings)
+    json_object(value, warnings)
+    check_fields(value, _FORMAT_FIELDS, warnings)
     if value.get("type") == "json_schema" and value.get("json_schema") is None:
-        raise _Invalid(f"{MISSING_REASON} (type json_schema needs name and schema)", "json_schema")
+        raise Invalid(f"{MISSING_REASON} (type json_schema needs name and schema)", "json_schema")
 
 
-_PREDICTION = _shape(_not_null("type", _one_of("content")), _required("content", _text))
-_GUARDRAILS = _array_of(
-    _shape(
-        _optional("block_on_error", _boolean),
-        _optional("moderation_llm_v1", _object),
-        _optional("moderation_llm_v2", _object),
+_PREDICTION = shape(not_null("type", one_of("content")), required("content", text))
+_GUARDRAILS = array_of(
+    shape(
+        optional("block_on_error", boolean),
+        optional("moderation_llm_v1", json_object),
+        optional("moderation_llm_v2", json_object),
     ),
     "guardrail objects",
 )
@@ -154,36 +154,36 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 FIELDS: dict[str, Field] = {
     field.name: field
     for field in (
-        _not_null("model", _name),
-        _not_null("messages", _messages),
-        _optional("temperature", _temperature),
-        _optional("top_p", _number(0, 1)),
-        _optional("max_tokens", _integer(1)),
-        _not_null("stream", _boolean),  # true is fine: the runner reassembles the stream
-        _optional("stop", _stop),
-        _optional("random_seed", _integer(0)),
-        _optional("metadata", _object),
-        _not_null("response_format", _response_format),
-        _optional("tools", _tools),
-        _not_null("tool_choice", _tool_choice),
-        _optional("presence_penalty", _number(-2, 2)),
-        _optional("frequency_penalty", _number(-2, 2)),
-        _optional("n", _integer(1)),
-        _not_null("prediction", _PREDICTION),
-        _not_null("parallel_tool_calls", _boolean),
-        _optional("prompt_mode", _documented("prompt_mode", "reasoning")),
-        _not_null("safe_prompt", _boolean),
-        _optional("min_tokens", _integer(0)),
-        _optional("repetition_penalty", _number()),
-        _optional("top_k", _integer(0)),
-        _optional("logprobs", _boolean),
-        _optional("top_logprobs", _integer(0)),
-        _optional("prompt_logprobs", _boolean),
-        _optional("top_prompt_logprobs", _integer(0)),
-        _optional("reasoning_effort", _documented("reasoning_effort", *REASONING_EFFORTS)),
-        _optional("guardrails", _GUARDRAILS),
-        _optional("prompt_cache_key", _text),
-        _optional("service_tier", _one_of("auto", "standard_only")),
+        not_null("model", nonempty_text),
+        not_null("messages", check_messages),
+        optional("temperature", temperature),
+        optional("top_p", number(0, 1)),
+        optional("max_tokens", integer(1)),
+        not_null("stream", boolean),  # true is fine: the runner reassembles the stream
+        optional("stop", stop),
+        optional("random_seed", integer(0)),
+        optional("metadata", json_object),
+        not_null("response_format", _response_format),
+        optional("tools", _tools),
+        not_null("tool_choice", _tool_choice),
+        optional("presence_penalty", number(-2, 2)),
+        optional("frequency_penalty", number(-2, 2)),
+        optional("n", integer(1)),
+        not_null("prediction", _PREDICTION),
+        not_null("parallel_tool_calls", boolean),
+        optional("prompt_mode", documented("prompt_mode", "reasoning")),
+        not_null("safe_prompt", boolean),
+        optional("min_tokens", integer(0)),
+        optional("repetition_penalty", number()),
+        optional("top_k", integer(0)),
+        optional("logprobs", boolean),
+        optional("top_logprobs", integer(0)),
+        optional("prompt_logprobs", boolean),
+        optional("top_prompt_logprobs", integer(0)),
+        optional("reasoning_effort", documented("reasoning_effort", *REASONING_EFFORTS)),
+        optional("guardrails", _GUARDRAILS),
+        optional("prompt_cache_key", text),
+        optional("service_tier", one_of("auto", "standard_only")),
     )
 }
 
@@ -214,10 +214,10 @@ def _tool_choice_has_tools(body: Mapping[str, Any], warnings: list[str]) -> None
     if isinstance(choice, dict):
         name = choice["function"]["name"]
         if name not in _function_names(tools):
-            reason = f"{_quote(name)} is not the name of a function in tools"
+            reason = f"{quote(name)} is not the name of a function in tools"
             raise InvalidInput(reason, field="tool_choice.function.name")
     elif choice in FORCING_CHOICES and not tools:
-        reason = f"{_quote(choice)} forces a tool call, so tools must be a non-empty array"
+        reason = f"{quote(choice)} forces a tool call, so tools must be a non-empty array"
         raise InvalidInput(reason, field="tool_choice")
 
 
@@ -254,7 +254,7 @@ def validate_body(body: Mapping[str, Any], *, model_required: bool = True) -> li
     for soft ones. Warnings inside arrays name the field as `messages[*]...` so the same
     problem on many lines reads as one warning."""
     if not isinstance(body, Mapping):
-        raise InvalidInput(f"the request body must be a JSON object, got {_render(body)}")
+        raise InvalidInput(f"the request body must be a JSON object, got {render(body)}")
     if model_required and "model" not in body:
         raise InvalidInput(MISSING_REASON, field="model")
     if "messages" not in body:
@@ -271,12 +271,12 @@ def validate_body(body: Mapping[str, Any], *, model_required: bool = True) -> li
 def _check_top(key: str, value: Any, warnings: list[str]) -> None:
     rule = FIELDS.get(key)
     if rule is None:
-        warnings.append(UNKNOWN_FIELD.format(_clip(str(key))))
+        warnings.append(UNKNOWN_FIELD.format(clip(str(key))))
     elif value is None:
         if not rule.nullable:
             raise InvalidInput(NULL_REASON, field=key)
     else:
         try:
             rule.check(value, warnings)
-        except _Invalid as exc:
+        except Invalid as exc:
             raise exc.at(key) from None

@@ -1,0 +1,235 @@
+"""Records: the typed home of what a line is and what becomes of it.
+
+`Request` and `BadLine` are what the reader makes of an input line; `ok_record` and
+`error_record` serialise a finished line (`Completed`) into the bytes every output file
+holds; `Record.parse` reads such a line back, tolerantly. Nothing else builds or reads
+a record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from .errors import InvalidInput, RequestFailed
+
+Status = Literal["ok", "error"]
+
+__all__ = [
+    "BadLine",
+    "Completed",
+    "Record",
+    "Request",
+    "error_record",
+    "ok_record",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    index: int
+    line: int
+    custom_id: str | None
+    payload: bytes  # the JSON body exactly as it will be sent
+    stream: bool
+    tokens: int = 0  # estimated cost, for a tokens-per-minute pace (0 when none is set)
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    index: int
+    line: int
+    custom_id: str | None
+    error: InvalidInput
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """One finished line: its index and its record, serialised once, without newline."""
+
+    index: int
+    data: bytes
+    failed: bool
+
+
+def ok_record(
+    request: Request,
+    response: dict[str, Any],
+    *,
+    attempts: int,
+    latency_ms: float,
+    ttft_ms: float | None = None,
+) -> Completed:
+    record: dict[str, Any] = {
+        "index": request.index,
+        "line": request.line,
+        "custom_id": request.custom_id,
+        "status": "ok",
+        "response": response,
+        "attempts": attempts,
+        "latency_ms": round(latency_ms, 2),
+    }
+    if ttft_ms is not None:
+        record["ttft_ms"] = round(ttft_ms, 2)
+    return Completed(request.index, orjson.dumps(record), failed=False)
+
+
+def error_record(
+    line: Request | BadLine,
+    error: RequestFailed,
+    *,
+    attempts: int,
+    latency_ms: float | None = None,
+) -> Completed:
+    record: dict[str, Any] = {
+        "index": line.index,
+        "line": line.line,
+        "custom_id": line.custom_id,
+        "status": "error",
+        "error": error.to_record(),
+        "attempts": attempts,
+    }
+    if latency_ms is not None:
+        record["latency_ms"] = round(latency_ms, 2)
+    return Completed(line.index, orjson.dumps(record), failed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored record (a line of results.jsonl, errors.jsonl or journal.jsonl) read
+    back. Stored records come from disk, may be hand-edited or foreign, and hold a
+    server's reply verbatim, so `data` (the object as decoded) is untrusted and the
+    properties are its typed reading: a field of the wrong type reads as None, never
+    as an error. A bool is never a number; counts (attempts, tokens) are ints >= 0;
+    the timings are kept as stored (an int stays an int). `model` and the token counts
+    are read from `response`; the error fields from `error`.
+
+    Each property reads `data` when asked: a resume reads a million records and looks
+    at a few fields of each, so building every field up front would cost more than
+    decoding the line."""
+
+    data: dict[str, Any]
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Record | None:
+        """The record stored in `raw` (one line, newline or not); None when `raw` is not
+        a JSON object at all."""
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return cls(value) if isinstance(value, dict) else None
+
+    @classmethod
+    def from_value(cls, value: object) -> Record | None:
+        """The record in a decoded JSON value; None when it is not an object."""
+        return cls(value) if isinstance(value, dict) else None
+
+    # The properties repeat their type tests inline rather than call shared helpers:
+    # a resume reads a few fields of every record, and a call costs about as much as
+    # the test itself.
+
+    @property
+    def index(self) -> int | None:
+        value = self.data.get("index")
+        return value if type(value) is int else None
+
+    @property
+    def line(self) -> int | None:
+        value = self.data.get("line")
+        return value if type(value) is int else None
+
+    @property
+    def custom_id(self) -> str | None:
+        value = self.data.get("custom_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def status(self) -> Status | None:
+        value = self.data.get("status")
+        return "ok" if value == "ok" else "error" if value == "error" else None
+
+    @property
+    def failed(self) -> bool:
+        """Failed because its status says so, never because of what else it holds."""
+        return self.data.get("status") == "error"
+
+    @property
+    def response(self) -> dict[str, Any] | None:
+        value = self.data.get("response")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def attempts(self) -> int | None:
+        value = self.data.get("attempts")
+        return value if type(value) is int and value >= 0 else None
+
+    @property
+    def latency_ms(self) -> float | None:
+        value = self.data.get("latency_ms")
+        return value if type(value) is float or type(value) is int else None
+
+    @property
+    def ttft_ms(self) -> float | None:
+        value = self.data.get("ttft_ms")
+        return value if type(value) is float or type(value) is int else None
+
+    @property
+    def error_type(self) -> str | None:
+        value = self._error().get("type")
+        return value if isinstance(value, str) else None
+
+    @property
+    def error_message(self) -> str | None:
+        value = self._error().get("message")
+        return value if isinstance(value, str) else None
+
+    @property
+    def retryable(self) -> bool | None:
+        value = self._error().get("retryable")
+        return value if isinstance(value, bool) else None
+
+    @property
+    def status_code(self) -> int | None:
+        value = self._error().get("status_code")
+        return value if type(value) is int else None
+
+    @property
+    def allowance(self) -> str | None:
+        value = self._error().get("allowance")
+        return value if isinstance(value, str) else None
+
+    @property
+    def model(self) -> str | None:
+        response = self.data.get("response")
+        value = response.get("model") if isinstance(response, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        value = self._usage().get("prompt_tokens")
+        return value if type(value) is int and value >= 0 else None
+
+    @property
+    def completion_tokens(self) -> int | None:
+        value = self._usage().get("completion_tokens")
+        return value if type(value) is int and value >= 0 else None
+
+    @property
+    def total_tokens(self) -> int | None:
+        value = self._usage().get("total_tokens")
+        return value if type(value) is int and value >= 0 else None
+
+    def _error(self) -> dict[str, Any]:
+        error = self.data.get("error")
+        return error if isinstance(error, dict) else _NO_OBJECT
+
+    def _usage(self) -> dict[str, Any]:
+        response = self.data.get("response")
+        usage = response.get("usage") if isinstance(response, dict) else None
+        return usage if isinstance(usage, dict) else _NO_OBJECT
+
+
+_NO_OBJECT: dict[str, Any] = {}  # read-only stand-in for a field that is not an object

@@ -1,0 +1,129 @@
+"""The ordered outputs: results.jsonl and errors.jsonl, written from the journal.
+
+Completions arrive in any order. Each is appended to the journal first (group-committed
+fsync), then the contiguous done prefix is copied to results.jsonl in input order, and
+its failed records to errors.jsonl. Only the journal offsets of out-of-order records are
+held, never their bodies, so memory does not depend on how far out of order replies
+arrive. On resume the same files are cut back to what the journal says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from .journal import Journal, ResumeState
+from .outdir import FILE_MODE, SCAN_CHUNK, Paths, open_append, write_all, writing
+from .records import Completed, Record
+
+__all__ = ["ResultWriter", "count_lines", "rebuild_errors", "truncate_lines"]
+
+FLUSH_BYTES = 1 << 20  # results written in chunks of about this much
+
+
+class ResultWriter:
+    """Appends to the journal and keeps results/errors equal to its ordered prefix.
+
+    Every OSError comes out as `Aborted` naming the file: the caller stops the run and
+    what is on disk stays resumable (a torn tail is cut on the next start)."""
+
+    def __init__(self, paths: Paths, state: ResumeState, *, secret: str | None = None) -> None:
+        self._paths = paths
+        self._results = self._errors = -1
+        self._journal = Journal(paths.journal, state.journal_size, secret=secret)
+        with writing(paths.results):
+            self._results = open_append(paths.results)
+        with writing(paths.errors):
+            self._errors = open_append(paths.errors)
+        self._next = state.next_index
+        self._pending = state.pending  # index -> (journal offset, length incl. newline, failed)
+        # Catch up: lines journaled before an interruption but not yet in results.
+        self.emit()
+
+    @property
+    def next_index(self) -> int:
+        return self._next
+
+    def append(self, batch: list[Completed]) -> None:
+        """Write a batch to the journal (durable once `sync` returns)."""
+        offset = self._journal.end
+        for item in self._journal.append(batch):
+            length = len(item.data) + 1
+            self._pending[item.index] = (offset, length, item.failed)
+            offset += length
+
+    def sync(self) -> None:
+        self._journal.sync()
+
+    def emit(self) -> None:
+        """Copy every record that now extends the contiguous prefix to results (and the
+        failed ones to errors). The latest batch is sliced from memory; older
+        out-of-order records are read back from the journal."""
+        results, errors = bytearray(), bytearray()
+        while (span := self._pending.pop(self._next, None)) is not None:
+            offset, length, failed = span
+            line = self._journal.read(offset, length)
+            results += line
+            if failed:
+                errors += line
+            self._next += 1
+            if len(results) >= FLUSH_BYTES:
+                self._flush(results, errors)
+        self._flush(results, errors)
+
+    def _flush(self, results: bytearray, errors: bytearray) -> None:
+        with writing(self._paths.results):
+            write_all(self._results, results)
+        with writing(self._paths.errors):
+            write_all(self._errors, errors)
+        results.clear()
+        errors.clear()
+
+    def close(self) -> None:
+        self._journal.close()
+        for fd in (self._results, self._errors):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def count_lines(path: Path) -> int:
+    count = 0
+    with path.open("rb") as stream:
+        while block := stream.read(SCAN_CHUNK):
+            count += block.count(b"\n")
+    return count
+
+
+def truncate_lines(path: Path, keep: int) -> None:
+    """Keep the first `keep` lines of `path`."""
+    end = 0
+    with path.open("rb") as stream:
+        for _ in range(keep):
+            end += len(stream.readline())
+    os.truncate(path, end)
+
+
+def rebuild_errors(paths: Paths) -> None:
+    """errors.jsonl is the failed subset of results.jsonl; rewrite it to match exactly.
+
+    The byte test only skips lines that cannot be failures; the status decides."""
+    tmp = paths.errors.with_name(paths.errors.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        with open(fd, "wb") as out:
+            if paths.results.exists():
+                with paths.results.open("rb") as results:
+                    for line in results:
+                        if b'"status":"error"' in line and _failed(line):
+                            out.write(line)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(paths.errors)
+
+
+def _failed(line: bytes) -> bool:
+    record = Record.parse(line)
+    return record is not None and record.failed
