@@ -12,7 +12,7 @@ Streaks (`StopRules`), in completion order (lines complete concurrently):
   as one that never started.
 - allowance: one 429 whose headers say an allowance is zero or spent (a monthly token
   budget): no wait cures it, so the first one stops the run.
-The lines these failed are re-sent on resume (see `journal._needs_redo`).
+The lines these failed are re-sent on resume (see `resume.needs_redo`).
 
 Guards (`GuardRules`, see `config.Guards`): max tokens, max error rate; the deadline is a
 timer the runner keeps.
