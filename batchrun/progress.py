@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .records import Record
 
 __all__ = [
     "LiveStats",
@@ -153,11 +154,12 @@ def error_digest(errors: Path) -> dict[str, Any]:
     try:
         with errors.open("rb") as stream:
             for line in stream:
-                error = _error_of(line)
-                if not error:
+                record = Record.parse(line)
+                if record is None or not record.failed or record.error_type is None:
                     continue
-                retryable += error.get("retryable") is True
-                key = (str(error.get("type")), LINE_PREFIX.sub("", str(error.get("message"))))
+                retryable += record.retryable is True
+                message = LINE_PREFIX.sub("", str(record.error_message))
+                key = (str(record.error_type), message)
                 if key in kinds or len(kinds) < MAX_ERROR_KINDS:
                     kinds[key] += 1
     except OSError:
@@ -167,15 +169,6 @@ def error_digest(errors: Path) -> dict[str, Any]:
         for (kind, message), count in kinds.most_common(TOP_ERRORS)
     ]
     return {"top_errors": top, "retryable_failed": retryable}
-
-
-def _error_of(line: bytes) -> dict[str, Any]:
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return {}
-    error = record.get("error") if isinstance(record, dict) else None
-    return error if isinstance(error, dict) else {}
 
 
 def render_summary(summary: dict[str, Any], console: Console, command: str | None = None) -> None:
