@@ -1,6 +1,7 @@
 """`batchrun cache info|clear`: the request cache from the command line.
 
-A click group of its own, attached to the main CLI with `main.add_command(cache)`.
+A click group of its own on the CLI's classes (cli_base.py: usage errors exit 1, options
+read BATCHRUN_CACHE_<COMMAND>_<OPTION>), attached to the main CLI by cli.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ import click
 import orjson
 
 from .cache import RequestCache, default_cache_dir
+from .cli_base import CONTEXT, ENV_PREFIX, Command, Group
 
 __all__ = ["cache"]
-
-CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 _dir_option = click.option(
     "--dir",
@@ -27,7 +27,15 @@ _dir_option = click.option(
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-@click.group(context_settings=CONTEXT)
+class _CacheCommand(Command):
+    env_prefix = f"{ENV_PREFIX}_CACHE"
+
+
+class _CacheGroup(Group):
+    command_class = _CacheCommand
+
+
+@click.group(cls=_CacheGroup, context_settings=CONTEXT)
 def cache() -> None:
     """The request cache of `batchrun run --cache`: replies stored on this machine.
 

@@ -24,6 +24,9 @@ from rich.console import Console
 from rich.text import Text
 
 from ._version import __version__
+from .cache import default_cache_dir
+from .cache_cli import cache
+from .cli_base import CONTEXT, Group
 from .config import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
@@ -45,9 +48,7 @@ from .runner import run_batch
 __all__ = ["main"]
 
 MOCK_KEY = "mock-key"
-ENV_PREFIX = "BATCHRUN"
-CONTEXT = {"help_option_names": ["-h", "--help"]}
-USAGE_EXIT = 1
+MOCK_CACHE_SERVER = "mock://batchrun"  # --mock's port changes every run, its replies do not
 # The flags a resume must repeat (request settings, where to send, what to read).
 RESUME_FLAGS = (
     ("model", "-m"),
@@ -106,50 +107,7 @@ DURATION = _Duration()
 POSITIVE = _Positive()
 
 
-@contextlib.contextmanager
-def _usage_exits_1() -> Iterator[None]:
-    try:
-        yield
-    except click.UsageError as exc:
-        exc.exit_code = USAGE_EXIT  # type: ignore[misc]  # click's ClassVar, on purpose
-        raise
-
-
-class _Command(click.Command):
-    """A command whose options read BATCHRUN_<COMMAND>_<OPTION>, named after the long
-    flag (not the Python parameter), and say so in --help."""
-
-    def __init__(self, name: str | None, **kwargs: Any) -> None:
-        super().__init__(name, **kwargs)
-        prefix = f"{ENV_PREFIX}_{name or ''}".upper().replace("-", "_")
-        for param in self.params:
-            if isinstance(param, click.Option) and param.envvar is None:
-                flag = max(param.opts, key=len).lstrip("-")
-                param.envvar = f"{prefix}_{flag.upper().replace('-', '_')}"
-                param.show_envvar = True
-
-
-class _Group(click.Group):
-    """Usage errors (a typo'd flag, a bad value, a missing argument) exit 1, not click's 2."""
-
-    command_class = _Command
-
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
-        **extra: Any,
-    ) -> click.Context:
-        with _usage_exits_1():
-            return super().make_context(info_name, args, parent, **extra)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        with _usage_exits_1():
-            return super().invoke(ctx)
-
-
-@click.group(cls=_Group, context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="batchrun")
 def main() -> None:
     """Run large batches of chat-completion requests from JSONL files, crash-safe.
@@ -303,6 +261,16 @@ def main() -> None:
 @click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to non-loopback hosts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout at the end.")
+@click.option(
+    "--cache",
+    "cache_dir",
+    is_flag=False,
+    flag_value="",  # --cache alone: the default directory
+    metavar="[DIR]",
+    help="Answer requests sent before (same body, same server) from a local cache in DIR "
+    "instead of paying again; store successful replies. DIR (give it as --cache=DIR, or "
+    "put --cache after INPUT): default $XDG_CACHE_HOME/batchrun, else ~/.cache/batchrun.",
+)
 def run(
     input_path: Path,
     outdir: Path | None,
@@ -336,6 +304,7 @@ def run(
     allow_insecure_http: bool,
     quiet: bool,
     as_json: bool,
+    cache_dir: str | None,
 ) -> None:
     """Send every line of INPUT and write results.jsonl, errors.jsonl, summary.json.
 
@@ -350,6 +319,7 @@ def run(
       batchrun run in.jsonl --base-url http://localhost:8000 --no-api-key  # local vLLM
       batchrun run evals.jsonl --stream --json > summary.json
       batchrun run labels.jsonl -o out/ --retry-failed     # resume, re-send failures
+      batchrun run labels.jsonl --cache                    # rerun: stored replies free
     """
     err = stderr_console()
     if input_path == STDIN and outdir is None:
@@ -393,6 +363,8 @@ def run(
                     max_tokens_total=max_tokens_total,
                     max_error_rate=max_error_rate,
                 ),
+                cache_dir=_cache_dir(cache_dir),
+                cache_server=MOCK_CACHE_SERVER if mock_url else None,
             )
 
         report = _run_or_exit(err, api_key, config, show_progress=not quiet)
@@ -405,6 +377,13 @@ def run(
     if as_json:
         click.echo(orjson.dumps(report.summary, option=orjson.OPT_INDENT_2).decode())
     sys.exit(report.exit_code)
+
+
+def _cache_dir(flag: str | None) -> Path | None:
+    """--cache's value: None without it, the default directory when given alone."""
+    if flag is None:
+        return None
+    return Path(flag).expanduser() if flag else default_cache_dir()
 
 
 def _resume_command(params: dict[str, Any], outdir: Path) -> str:
@@ -621,3 +600,6 @@ def mock_server(
 
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(lambda: serve(config, host, port, ready=ready))
+
+
+main.add_command(cache)

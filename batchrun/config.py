@@ -162,6 +162,12 @@ class RunConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     pace: Pace = field(default_factory=Pace)
     guards: Guards = field(default_factory=Guards)
+    # The request cache's directory (cache.py), None: no cache. Not a request setting:
+    # a resume may turn it on or off, what is sent stays the same.
+    cache_dir: Path | None = None
+    # The server as cache keys name it (None: `endpoint`). The built-in mock gets a fixed
+    # name: it answers the same on any port, and --mock picks a new port every run.
+    cache_server: str | None = None
 
     def __post_init__(self) -> None:
         _check_positive("concurrency", self.concurrency)

@@ -70,6 +70,7 @@ class LiveStats:
     retries: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached: int = 0  # lines answered from the request cache (counted in `ok` too)
     in_flight_limit: int | None = None  # the adaptive limit on requests out at once
     started: float = field(default_factory=time.monotonic)
 
@@ -87,6 +88,8 @@ class LiveStats:
             f"ok {self.ok + self.done_before:,} · failed {self.failed:,} · "
             f"in flight {self.in_flight}{limit} · retries {self.retries:,}"
         )
+        if self.cached:
+            text += f" · cached {self.cached:,}"
         if not self.sent:
             return text  # a rate of lines never sent (invalid, or resumed) means nothing
         elapsed = self.elapsed
@@ -210,6 +213,8 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             f"{tokens['prompt_tokens']:,} prompt · {tokens['completion_tokens']:,} completion",
         )
     )
+    if cache := summary.get("cache"):
+        rows.append(("cache", _cache_line(cache)))
     for name, key in (("latency", "latency_ms"), ("ttft", "ttft_ms")):
         if figures := summary[key]:
             rows.append(
@@ -220,6 +225,16 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             )
     rows.append(("this run", _session_line(session)))
     return rows
+
+
+def _cache_line(cache: dict[str, Any]) -> str:
+    """Hits of the whole batch; misses and stores of this run; what the hits saved."""
+    unpriced = f" + {', '.join(cache['unpriced'])} (no price)" if cache["unpriced"] else ""
+    return (
+        f"{cache['hits']:,} hits · {cache['misses']:,} misses · {cache['stored']:,} stored · "
+        f"saved {cache['tokens_saved']['total_tokens']:,} tokens, "
+        f"${cache['cost_saved_usd']:,.4f}{unpriced}"
+    )
 
 
 def _session_line(session: dict[str, Any]) -> str:

@@ -61,7 +61,10 @@ def ok_record(
     attempts: int,
     latency_ms: float,
     ttft_ms: float | None = None,
+    cached: bool = False,
 ) -> Completed:
+    """`cached`: the reply came from the request cache, not from a request (the record
+    says `"cached": true`; the field is absent otherwise)."""
     record: dict[str, Any] = {
         "index": request.index,
         "line": request.line,
@@ -73,6 +76,8 @@ def ok_record(
     }
     if ttft_ms is not None:
         record["ttft_ms"] = round(ttft_ms, 2)
+    if cached:
+        record["cached"] = True
     return Completed(request.index, orjson.dumps(record), failed=False)
 
 
@@ -175,6 +180,11 @@ class Record:
     def ttft_ms(self) -> float | None:
         value = self.data.get("ttft_ms")
         return value if type(value) is float or type(value) is int else None
+
+    @property
+    def cached(self) -> bool:
+        """Answered from the request cache (only a literal `true` says so)."""
+        return self.data.get("cached") is True
 
     @property
     def error_type(self) -> str | None:

@@ -8,6 +8,7 @@ completed. How the run ended is an `Outcome` (outcome.py), which owns the exit c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from rich.console import Console
 from rich.text import Text
 
+from .cache_run import RunCache
 from .client import ChatClient
 from .config import RunConfig
 from .errors import Aborted, InputError
@@ -34,7 +36,7 @@ from .records import BadLine, Completed, Request, error_record
 from .results import ResultWriter
 from .retry import RetryPolicy
 from .stops import GuardRules, Stop, StopKind, StopRules
-from .summary import SessionInfo, build_summary, read_totals, write_summary
+from .summary import CacheSession, SessionInfo, build_summary, read_totals, write_summary
 from .worker import Worker
 
 __all__ = ["RunReport", "run_batch"]
@@ -59,12 +61,16 @@ async def run_batch(
     that yields fewer lines during the run than when it was scanned (cut short or
     replaced under us) raises `InputError` (exit 1) once the lines read are written."""
     key = api_key_for(config, api_key)
+    # Opened (created) before OUTDIR is touched: an unusable cache is a config error.
+    cache = None
+    if config.cache_dir is not None:
+        cache = RunCache.open(config.cache_dir, config.cache_server or config.endpoint)
     config, scan, lock, state = await open_run(config, console)
     try:
         async with ChatClient(
             config.endpoint, key, concurrency=config.concurrency, timeouts=config.timeouts
         ) as client:
-            run = _Run(config, scan, state, client)
+            run = _Run(config, scan, state, client, cache)
             return await run.execute(console, show_progress, secret=key)
     finally:
         lock.release()
@@ -75,9 +81,15 @@ class _Run:
     stop: Stop | None = None  # why the run stopped early, if a rule or guard said so
 
     def __init__(
-        self, config: RunConfig, scan: InputScan, state: ResumeState, client: ChatClient
+        self,
+        config: RunConfig,
+        scan: InputScan,
+        state: ResumeState,
+        client: ChatClient,
+        cache: RunCache | None = None,
     ) -> None:
         self.config = config
+        self.cache = cache
         self.scan = scan
         self.state = state
         self.client = client
@@ -145,7 +157,8 @@ class _Run:
         if self.config.guards.max_tokens_total is None or not self.state.resumed:
             return 0
         totals = read_totals(self.paths.results, self.paths.journal, self._pending_spans())
-        return totals.token_totals()["total_tokens"]
+        saved = sum(t.prompt + t.completion for t in totals.cached_tokens_by_model.values())
+        return totals.token_totals()["total_tokens"] - saved  # cache hits cost nothing
 
     def _pending_spans(self) -> list[tuple[int, int]]:
         """Journal spans of lines done beyond a gap: in the journal, not in results."""
@@ -206,12 +219,16 @@ class _Run:
             guards=self.guards,
             on_stop=self._stop,
             sent_log=sent_log,
+            cache=self.cache,
         )
-        with self._work_scope:
-            async with anyio.create_task_group() as work, work_recv:
-                work.start_soon(self._dispatch, work_send, done_send.clone())
-                for _ in range(self.config.concurrency):
-                    work.start_soon(worker.run, work_recv.clone(), done_send.clone())
+        # Outside the work scope: the cache's stores in the background finish even when
+        # the workers are cancelled (each is one fsync, and shielded anyway).
+        async with self.cache or contextlib.nullcontext():
+            with self._work_scope:
+                async with anyio.create_task_group() as work, work_recv:
+                    work.start_soon(self._dispatch, work_send, done_send.clone())
+                    for _ in range(self.config.concurrency):
+                        work.start_soon(worker.run, work_recv.clone(), done_send.clone())
 
     async def _dispatch(
         self,
@@ -379,6 +396,7 @@ class _Run:
             completed=self.stats.ok + self.stats.failed,
             completion_tokens=self.stats.completion_tokens,
             total_tokens=self.stats.total_tokens,
+            cache=self._cache_session(),
         )
         manifest = orjson.loads(self.paths.manifest.read_bytes())
         # Lines done beyond a gap are in the journal only: they count all the same.
@@ -386,6 +404,10 @@ class _Run:
         write_summary(self.paths, summary)
         code = outcome.exit_code(summary["counts"]["failed"])
         return RunReport(code, summary, self.paths.outdir, tuple(self.state.repairs))
+
+    def _cache_session(self) -> CacheSession | None:
+        cache = self.cache
+        return None if cache is None else CacheSession(cache.directory, cache.misses, cache.stored)
 
     def _outcome(self) -> tuple[Outcome, str | None]:
         if self.stop is not None:

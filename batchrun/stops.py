@@ -128,6 +128,12 @@ class GuardRules:
         self._committed += estimate
         return None
 
+    def released(self, estimate: int) -> None:
+        """A line answered without being sent (a cache hit): its estimate is given back,
+        it used no token, and the error rate (of lines sent) does not count it."""
+        if self.counts_tokens:
+            self._committed -= estimate
+
     def completed(self, estimate: int, tokens: int, *, failed: bool) -> Stop | None:
         """A line sent (not an invalid one) completed, having used `tokens`."""
         if self.counts_tokens:

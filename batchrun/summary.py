@@ -15,6 +15,13 @@ Rates mean what they say:
   took at least MIN_DECODE_MS to arrive: a shorter span measures how fast this process
   read its socket (a server that sends every chunk at once), not how fast the model
   generated, and would show absurd figures.
+
+The `cache` section (null when no session used the request cache): `hits` are the
+records answered from the cache (every session, like the counts), with the `tokens_saved`
+their usage reports and what those tokens would have cost (`cost_saved_usd`, priced
+models only); `misses` and `stored` are this session's lookups that found nothing and
+replies written to the cache. A hit is not a request: it adds to no latency or TTFT
+percentile and to no retry count.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ from typing import Any
 import orjson
 
 from .outdir import Paths, write_atomic
+from .prices import PriceTable, Tokens, actual_cost
 from .records import Record
 
 __all__ = [
+    "CacheSession",
     "SessionInfo",
     "Totals",
     "build_summary",
@@ -53,16 +62,21 @@ class Totals:
     ok: int = 0
     failed: int = 0
     attempts: int = 0
+    retries: int = 0  # attempts past each line's first (a line never sent has none)
     error_types: Counter[str] = field(default_factory=Counter)
     tokens_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     ttfts_ms: list[float] = field(default_factory=list)
     decode_tokens_per_s: list[float] = field(default_factory=list)
+    cached: int = 0  # ok records answered from the request cache
+    cached_tokens_by_model: dict[str, Tokens] = field(default_factory=dict)
 
     def add(self, record: Record | None) -> None:
         if record is None:
             return  # not a record at all: nothing in it can be counted
-        self.attempts += record.attempts or 0
+        attempts = record.attempts or 0
+        self.attempts += attempts
+        self.retries += attempts - 1 if attempts > 1 else 0
         if record.status == "ok":
             self._add_ok(record)
         else:
@@ -81,12 +95,22 @@ class Totals:
         tokens["prompt_tokens"] += record.prompt_tokens or 0
         tokens["completion_tokens"] += completion
         tokens["total_tokens"] += record.total_tokens or 0
+        if record.cached:
+            self._add_cached(model, record.prompt_tokens or 0, completion)
+            return  # no request was made: nothing to time
         latency = record.latency_ms
         if latency is not None:
             self.latencies_ms.append(latency)
             ttft = record.ttft_ms
             if ttft is not None:
                 self._add_stream_timing(latency, ttft, completion)
+
+    def _add_cached(self, model: str, prompt: int, completion: int) -> None:
+        self.cached += 1
+        saved = self.cached_tokens_by_model.get(model)
+        if saved is not None:
+            prompt, completion = saved.prompt + prompt, saved.completion + completion
+        self.cached_tokens_by_model[model] = Tokens(prompt, completion)
 
     def _add_stream_timing(self, latency: float, ttft: float, completion: int) -> None:
         self.ttfts_ms.append(ttft)
@@ -114,6 +138,16 @@ class SessionInfo:
     completion_tokens: int
     total_tokens: int
     reason: str | None = None
+    cache: CacheSession | None = None  # this session ran with --cache
+
+
+@dataclass(frozen=True)
+class CacheSession:
+    """The request cache as this session used it."""
+
+    directory: Path
+    misses: int
+    stored: int
 
 
 def percentiles(values: list[float]) -> dict[str, float] | None:
@@ -152,8 +186,11 @@ def build_summary(
     session: SessionInfo,
     extra: dict[str, Any],
     pending: Iterable[Span] = (),
+    *,
+    prices: PriceTable | None = None,
 ) -> dict[str, Any]:
-    """`pending`: journal spans of records done but not yet in results.jsonl."""
+    """`pending`: journal spans of records done but not yet in results.jsonl; `prices`
+    (default: the bundled table) prices what the cache saved."""
     totals = read_totals(paths.results, paths.journal, pending)
     requests = int(manifest["requests"])
     done = totals.ok + totals.failed
@@ -172,7 +209,7 @@ def build_summary(
             "not_done": requests - done,
             "errors_by_type": dict(sorted(totals.error_types.items())),
         },
-        "attempts": {"total": totals.attempts, "retries": max(0, totals.attempts - done)},
+        "attempts": {"total": totals.attempts, "retries": totals.retries},
         "tokens": totals.token_totals(),
         "tokens_by_model": totals.tokens_by_model,
         "latency_ms": percentiles(totals.latencies_ms),
@@ -188,7 +225,33 @@ def build_summary(
             "resent_after_interrupt": session.resent_after_interrupt,
             **_session_rates(session),
         },
+        "cache": _cache_section(totals, session.cache, prices or PriceTable.bundled()),
         **extra,
+    }
+
+
+def _cache_section(
+    totals: Totals, session: CacheSession | None, prices: PriceTable
+) -> dict[str, Any] | None:
+    if session is None and not totals.cached:
+        return None
+    saved = totals.cached_tokens_by_model
+    prompt = sum(t.prompt for t in saved.values())
+    completion = sum(t.completion for t in saved.values())
+    cost = actual_cost(prices, saved)
+    return {
+        "directory": None if session is None else str(session.directory),
+        "hits": totals.cached,
+        "misses": 0 if session is None else session.misses,
+        "stored": 0 if session is None else session.stored,
+        "tokens_saved": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+        "cost_saved_usd": cost.total_usd,
+        "cost_saved_by_model": {c.model: c.usd for c in cost.models},
+        "unpriced": list(cost.unpriced),
     }
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .cache_run import RunCache
 from .client import ChatClient, Reply
 from .errors import RequestFailed
 from .flow import FlowControl
@@ -35,6 +37,7 @@ class Worker:
         guards: GuardRules,
         on_stop: Callable[[Stop], None],
         sent_log: SentLog,
+        cache: RunCache | None = None,
     ) -> None:
         self.client = client
         self.policy = policy
@@ -44,6 +47,7 @@ class Worker:
         self.guards = guards
         self.on_stop = on_stop
         self.sent_log = sent_log
+        self.cache = cache
 
     async def run(
         self,
@@ -53,7 +57,6 @@ class Worker:
         """Process lines until the dispatcher closes the channel."""
         async with work_recv, done_send:
             async for request in work_recv:
-                self.sent_log.mark(request.index)
                 completed = await self.process(request)
                 try:
                     done_send.send_nowait(completed)
@@ -64,6 +67,14 @@ class Worker:
                         await done_send.send(completed)
 
     async def process(self, request: Request) -> Completed:
+        # The request cache: a hit is the record, nothing is sent (see _answered).
+        key = None
+        if self.cache is not None:
+            looked_up = time.perf_counter()
+            key, cached = self.cache.lookup(request)
+            if cached is not None:
+                return self._answered(request, cached, looked_up)
+        self.sent_log.mark(request.index)
         stats, flow, client = self.stats, self.flow, self.client
         attempts = 0
         started = 0.0
@@ -93,7 +104,23 @@ class Worker:
             return self._failed(request, exc, attempts, started)
         finally:
             stats.in_flight -= 1
-        return self._succeeded(request, reply, attempts, started)
+        completed = self._succeeded(request, reply, attempts, started)
+        # Stored only once it made an ok record: errors are never cached.
+        if key is not None and not completed.failed:
+            assert self.cache is not None
+            await self.cache.keep(key, reply.response)
+        return completed
+
+    def _answered(self, request: Request, response: dict[str, Any], started: float) -> Completed:
+        """A cache hit: an ok record without a request, so flow control, the retry
+        policy and the stop rules never hear of it, and its token estimate is given back.
+        A streamed request may be answered by a non-streamed reply (the key ignores
+        `stream`): its record has no ttft_ms."""
+        self.guards.released(request.tokens)
+        self.stats.ok += 1
+        self.stats.cached += 1
+        latency = (time.perf_counter() - started) * 1000
+        return ok_record(request, response, attempts=0, latency_ms=latency, cached=True)
 
     def _succeeded(
         self, request: Request, reply: Reply, attempts: int, started: float
