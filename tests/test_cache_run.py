@@ -1,0 +1,432 @@
+"""The request cache in real runs against the mock: a rerun answered without a request,
+errors never stored, streamed and non-streamed requests sharing entries, the summary's
+`cache` section, the token guard, the CLI (`--cache [DIR]`, `batchrun cache info|clear`),
+two processes sharing one cache, and kill -9 then rerun."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from click.testing import CliRunner
+from jsonl import MODEL, chat_request, read_jsonl, write_jsonl
+
+from batchrun import ConfigError, RetryConfig, RunConfig, RunReport, run_batch
+from batchrun.cache import RequestCache
+from batchrun.cache_cli import cache as cache_group
+from batchrun.cli import main
+from batchrun.config import Guards
+from batchrun.mock import MockServer
+from batchrun.prices import PriceTable
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "sk-test-cache-run-5e1a"
+
+
+async def run(config: RunConfig) -> RunReport:
+    with anyio.fail_after(60):
+        return await run_batch(config, api_key=KEY)
+
+
+def config_for(server: MockServer, path: Path, out: Path, cache: Path, **options: Any) -> RunConfig:
+    options.setdefault("retry", RetryConfig(max_attempts=1))
+    options.setdefault("concurrency", 8)
+    return RunConfig(input_path=path, outdir=out, base_url=server.url, cache_dir=cache, **options)
+
+
+def answer(record: dict[str, Any]) -> dict[str, Any]:
+    """A reply as the mock derives it from the request (`created` is the clock)."""
+    return {k: v for k, v in record["response"].items() if k != "created"}
+
+
+def summary_of(out: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = orjson.loads((out / "summary.json").read_bytes())
+    return summary
+
+
+def requests(count: int, **extra: Any) -> list[dict[str, Any]]:
+    return [chat_request(i, max_tokens=20, **extra) for i in range(count)]
+
+
+def failing_once(i: int) -> dict[str, Any]:
+    """Request `i`, answered 500 on its first arrival only."""
+    return {**chat_request(i, max_tokens=20), "metadata": {"mock": {"fault": "500", "times": 1}}}
+
+
+# --- in-process runs ------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_rerun_into_a_fresh_outdir_sends_nothing_and_repeats_the_replies(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", requests(40))
+    cache = tmp_path / "cache"
+    first = await run(config_for(server, path, tmp_path / "a", cache))
+    assert first.exit_code == 0
+    assert first.summary["cache"]["misses"] == 40
+    assert first.summary["cache"]["stored"] == 40
+    assert first.summary["cache"]["hits"] == 0
+    sent = server.requests_received
+
+    second = await run(config_for(server, path, tmp_path / "b", cache))
+    assert second.exit_code == 0
+    assert server.requests_received == sent
+    before, after = (
+        read_jsonl(tmp_path / "a/results.jsonl"),
+        read_jsonl(tmp_path / "b/results.jsonl"),
+    )
+    assert [r["response"] for r in after] == [r["response"] for r in before]
+    assert all(r["cached"] is True and r["attempts"] == 0 for r in after)
+    assert not any("cached" in r for r in before)
+    assert not (tmp_path / "b/sent.log").read_bytes()  # nothing was sent, nothing marked
+
+
+@pytest.mark.anyio
+async def test_the_summary_counts_hits_and_what_they_saved(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", requests(30))
+    cache = tmp_path / "cache"
+    await run(config_for(server, path, tmp_path / "a", cache))
+    # The same 30 lines and 10 new ones, each answered 500 once, then retried.
+    more = [*requests(30), *[failing_once(100 + i) for i in range(10)]]
+    path2 = write_jsonl(tmp_path / "more.jsonl", more)
+    report = await run(config_for(server, path2, tmp_path / "b", cache, retry=RetryConfig()))
+    assert report.exit_code == 0
+    summary = report.summary
+    records = read_jsonl(tmp_path / "b/results.jsonl")
+    hits = [r for r in records if r.get("cached")]
+    assert len(hits) == 30
+    prompt = sum(r["response"]["usage"]["prompt_tokens"] for r in hits)
+    completion = sum(r["response"]["usage"]["completion_tokens"] for r in hits)
+    price = PriceTable.bundled().price(MODEL)
+    assert price is not None
+    cost = (price.input * prompt + price.output * completion) / Decimal(1_000_000)
+    assert summary["cache"] == {
+        "directory": str(cache),
+        "hits": 30,
+        "misses": 10,
+        "stored": 10,
+        "tokens_saved": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+        "cost_saved_usd": float(cost),
+        "cost_saved_by_model": {MODEL: float(cost)},
+        "unpriced": [],
+    }
+    # A hit is not a request: no retry is counted for it, no latency figure comes from it.
+    assert summary["attempts"] == {"total": 20, "retries": 10}
+    assert summary["session"]["requests_sent"] == 20
+    assert len([r for r in records if not r.get("cached")]) == 10
+
+
+@pytest.mark.anyio
+async def test_errors_are_never_stored_and_a_later_success_is(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    lines = [*requests(5), failing_once(99)]
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
+    cache = tmp_path / "cache"
+    first = await run(config_for(server, path, tmp_path / "a", cache))
+    assert first.exit_code == 2  # one attempt: the 500 is the line's record
+    assert first.summary["cache"]["stored"] == 5
+    assert RequestCache(cache).info().entries == 5
+
+    sent = server.requests_received
+    second = await run(config_for(server, path, tmp_path / "b", cache))
+    assert server.requests_received == sent + 1  # only the failed line was sent again
+    assert second.exit_code == 0  # the mock's fault was for its first arrival only
+    records = read_jsonl(tmp_path / "b/results.jsonl")
+    assert [r.get("cached", False) for r in records] == [True] * 5 + [False]
+
+    third = await run(config_for(server, path, tmp_path / "c", cache))
+    assert server.requests_received == sent + 1
+    assert third.summary["cache"]["hits"] == 6
+    assert answer(read_jsonl(tmp_path / "c/results.jsonl")[5]) == answer(records[5])
+
+
+@pytest.mark.anyio
+async def test_streamed_and_plain_requests_answer_each_other(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    """The key ignores `stream`: a reply stored from a stream answers a plain request and
+    the other way round; a cached answer to a streamed request has no ttft_ms."""
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", requests(12))
+    cache = tmp_path / "cache"
+    streamed = await run(config_for(server, path, tmp_path / "a", cache, stream=True))
+    assert streamed.exit_code == 0
+    sent = server.requests_received
+    plain = await run(config_for(server, path, tmp_path / "b", cache))
+    assert plain.summary["cache"]["hits"] == 12
+    assert server.requests_received == sent
+    first = read_jsonl(tmp_path / "a/results.jsonl")
+    assert all("ttft_ms" in r for r in first)
+    again = await run(config_for(server, path, tmp_path / "c", cache, stream=True))
+    assert again.summary["cache"]["hits"] == 12
+    assert again.summary["ttft_ms"] is None
+    records = read_jsonl(tmp_path / "c/results.jsonl")
+    assert not any("ttft_ms" in r for r in records)
+    assert [r["response"] for r in records] == [r["response"] for r in first]
+
+
+@pytest.mark.anyio
+async def test_another_server_is_another_key(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    one, other = mock_server(), mock_server(seed=1)
+    path = write_jsonl(tmp_path / "in.jsonl", requests(6))
+    cache = tmp_path / "cache"
+    await run(config_for(one, path, tmp_path / "a", cache))
+    report = await run(config_for(other, path, tmp_path / "b", cache))
+    assert report.summary["cache"]["hits"] == 0
+    assert other.requests_received == 6
+
+
+@pytest.mark.anyio
+async def test_hits_use_no_tokens_of_the_token_guard(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    """--max-tokens-total counts tokens used; a hit uses none, in this session (its
+    estimate is given back) and when a later session counts the earlier ones."""
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", requests(20))
+    cache = tmp_path / "cache"
+    await run(config_for(server, path, tmp_path / "warm", cache))
+    used = summary_of(tmp_path / "warm")["tokens"]["total_tokens"]
+    guard = Guards(max_tokens_total=used // 2)
+    sent = server.requests_received
+    out = tmp_path / "out"
+    half = await run(config_for(server, path, out, cache, guards=guard, limit=10, concurrency=2))
+    assert half.summary["counts"]["done"] == 10
+    rest = await run(config_for(server, path, out, cache, guards=guard, concurrency=2))
+    assert rest.exit_code == 0, rest.summary["reason"]
+    assert rest.summary["counts"]["ok"] == 20
+    assert server.requests_received == sent
+    # Without the cache the same guard stops the run: the limit is real.
+    stopped = await run(
+        config_for(server, path, tmp_path / "cold", tmp_path / "empty", guards=guard)
+    )
+    assert stopped.exit_code == 3
+
+
+@pytest.mark.anyio
+async def test_an_unusable_cache_directory_is_a_config_error_before_outdir_is_touched(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", requests(2))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="cannot use cache directory"):
+        await run(config_for(server, path, tmp_path / "out", blocker / "cache"))
+    assert not (tmp_path / "out").exists()
+    assert server.requests_received == 0
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def cli(args: list[str], env: dict[str, str]) -> Any:
+    return CliRunner().invoke(main, args, env={"MISTRAL_API_KEY": KEY, **env})
+
+
+def test_cache_alone_uses_the_default_directory_and_the_table_says_so(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", requests(8))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    base = ["run", str(path), "--base-url", server.url]
+    first = cli([*base, "-o", str(tmp_path / "a"), "--cache"], env)
+    assert first.exit_code == 0, first.output
+    assert RequestCache(tmp_path / "xdg/batchrun").info().entries == 8
+    second = cli([*base, "-o", str(tmp_path / "b"), "--cache"], env)
+    assert second.exit_code == 0, second.output
+    assert "cache     8 hits · 0 misses · 0 stored · saved" in second.output
+    assert server.requests_received == 8
+    # Without --cache nothing is looked up, and the table has no cache line.
+    third = cli([*base, "-o", str(tmp_path / "c")], env)
+    assert "hits" not in third.output
+    assert summary_of(tmp_path / "c")["cache"] is None
+    assert server.requests_received == 16
+
+
+def test_cache_dir_from_the_flag_and_from_the_environment(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", requests(4))
+    base = ["run", str(path), "--base-url", server.url, "-q"]
+    assert cli([*base, "-o", str(tmp_path / "a"), f"--cache={tmp_path / 'c1'}"], {}).exit_code == 0
+    env = {"BATCHRUN_RUN_CACHE": str(tmp_path / "c2")}
+    assert cli([*base, "-o", str(tmp_path / "b")], env).exit_code == 0
+    assert RequestCache(tmp_path / "c1").info().entries == 4
+    assert RequestCache(tmp_path / "c2").info().entries == 4
+
+
+def test_mock_runs_share_entries_though_each_mock_has_its_own_port(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", requests(6))
+    cache = f"--cache={tmp_path / 'cache'}"
+    args = ["run", str(path), "--mock", "--mock-fail-rate", "0", "--mock-latency-ms", "1", "-q"]
+    assert cli([*args, "-o", str(tmp_path / "a"), cache], {}).exit_code == 0
+    assert cli([*args, "-o", str(tmp_path / "b"), cache], {}).exit_code == 0
+    assert summary_of(tmp_path / "b")["cache"]["hits"] == 6
+    assert summary_of(tmp_path / "b")["session"]["requests_sent"] == 0
+
+
+def test_cache_info_and_clear_from_the_main_cli(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", requests(5))
+    store = str(tmp_path / "cache")
+    run_args = ["run", str(path), "-o", str(tmp_path / "a"), "--base-url", server.url, "-q"]
+    assert cli([*run_args, f"--cache={store}"], {}).exit_code == 0
+    info = cli(["cache", "info", "--dir", store, "--json"], {})
+    assert orjson.loads(info.output)["entries"] == 5
+    cleared = cli(["cache", "clear", "--json"], {"BATCHRUN_CACHE_DIR": store})
+    assert orjson.loads(cleared.output)["removed"] == 5
+    assert RequestCache(Path(store)).info().entries == 0
+
+
+@pytest.mark.parametrize("args", [["info", "--bogus"], ["clear", "extra"], ["nope"]])
+def test_cache_usage_errors_exit_1_like_every_command(args: list[str]) -> None:
+    through_main = CliRunner().invoke(main, ["cache", *args])
+    alone = CliRunner().invoke(cache_group, args)
+    assert (through_main.exit_code, alone.exit_code) == (1, 1), through_main.output
+    assert "Usage:" in alone.output
+
+
+# --- real processes ---------------------------------------------------------------------
+
+
+def batchrun(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchrun", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "MISTRAL_API_KEY": KEY},
+        cwd=REPO,
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 90) -> tuple[int, str]:
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, stderr.decode()
+
+
+def assert_correct(out: Path, expected: list[dict[str, Any]]) -> None:
+    """Every line exactly once, in order, ok, with the reply the mock gives that request."""
+    records = read_jsonl(out / "results.jsonl")
+    assert [r["index"] for r in records] == list(range(len(expected)))
+    assert all(r["status"] == "ok" for r in records)
+    assert [answer(r) for r in records] == [answer(r) for r in expected]
+    journal = sorted(r["index"] for r in read_jsonl(out / "journal.jsonl"))
+    assert journal == list(range(len(expected)))
+
+
+def reference(server: MockServer, path: Path, out: Path) -> list[dict[str, Any]]:
+    code, stderr = finish(batchrun("run", str(path), "-o", str(out), "--base-url", server.url))
+    assert code == 0, stderr
+    return read_jsonl(out / "results.jsonl")
+
+
+def test_two_processes_share_one_cache_at_once(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server(latency_ms=5, jitter_ms=10)
+    path = write_jsonl(tmp_path / "in.jsonl", requests(300))
+    expected = reference(server, path, tmp_path / "ref")
+    cache = f"--cache={tmp_path / 'cache'}"
+    procs = [
+        batchrun(
+            "run", str(path), "-o", str(tmp_path / name), "--base-url", server.url, "-c", "8", cache
+        )
+        for name in ("a", "b")
+    ]
+    for proc in procs:
+        code, stderr = finish(proc)
+        assert code == 0, stderr
+    for name in ("a", "b"):
+        assert_correct(tmp_path / name, expected)
+    sections = [summary_of(tmp_path / name)["cache"] for name in ("a", "b")]
+    assert sum(s["hits"] + s["misses"] for s in sections) == 600
+    info = RequestCache(tmp_path / "cache").info()
+    assert (info.entries, info.partial) == (300, 0)
+    # And a third run is answered whole from what the two left.
+    code, stderr = finish(
+        batchrun("run", str(path), "-o", str(tmp_path / "c"), "--base-url", server.url, cache)
+    )
+    assert code == 0, stderr
+    assert summary_of(tmp_path / "c")["cache"]["hits"] == 300
+    assert_correct(tmp_path / "c", expected)
+
+
+def test_kill_9_during_a_cached_run_then_rerun(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    """Kills land while replies are being stored; the rerun into the same OUTDIR and a
+    run into a fresh one both end with every record correct, none served torn."""
+    server = mock_server(latency_ms=2, jitter_ms=4)
+    lines = 400
+    path = write_jsonl(tmp_path / "in.jsonl", requests(lines))
+    expected = reference(server, path, tmp_path / "ref")
+    out, store = tmp_path / "out", tmp_path / "cache"
+    args = (
+        "run",
+        str(path),
+        "-o",
+        str(out),
+        "--base-url",
+        server.url,
+        "-c",
+        "16",
+        f"--cache={store}",
+    )
+    rng = random.Random(9)
+    journal = out / "journal.jsonl"
+    killed = 0
+    for _ in range(3):
+        start = journal.stat().st_size if journal.exists() else 0
+        proc = batchrun(*args)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and journal.stat().st_size > start + 4_000:
+                break
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.03))
+        proc.send_signal(signal.SIGKILL)
+        killed += proc.wait(timeout=30) == -signal.SIGKILL
+    assert killed, "every run finished before its kill"
+    code, stderr = finish(batchrun(*args))
+    assert code == 0, stderr
+    assert_correct(out, expected)
+    fresh = tmp_path / "fresh"
+    code, stderr = finish(batchrun(*args[:3], str(fresh), *args[4:]))
+    assert code == 0, stderr
+    assert_correct(fresh, expected)
+    assert summary_of(fresh)["cache"]["hits"] + summary_of(fresh)["cache"]["misses"] == lines
