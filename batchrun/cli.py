@@ -399,6 +399,9 @@ def _resume_command(params: dict[str, Any], outdir: Path) -> str:
             args.append(flag)
         elif value is not None and value is not False:
             args += [flag, str(value)]
+    cache = params.get("cache_dir")  # not needed to resume, but the rest is cached too
+    if cache is not None:
+        args.append(f"--cache={cache}" if cache else "--cache")  # last: it takes a value
     return shlex.join(args)
 
 

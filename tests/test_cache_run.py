@@ -430,3 +430,18 @@ def test_kill_9_during_a_cached_run_then_rerun(
     assert code == 0, stderr
     assert_correct(fresh, expected)
     assert summary_of(fresh)["cache"]["hits"] + summary_of(fresh)["cache"]["misses"] == lines
+
+
+def test_the_resume_hint_keeps_the_cache(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", requests(3))
+    base = ["run", str(path), "-o", str(tmp_path / "out"), "--base-url", server.url]
+    stopped = cli([*base, "--max-tokens-total", "1", "--cache"], {"XDG_CACHE_HOME": str(tmp_path)})
+    assert stopped.exit_code == 3, stopped.output
+    hint = " ".join(stopped.output.split()).split("to resume: ")[1].split(" results: ")[0]
+    assert hint.startswith(f"batchrun run {path} -o {tmp_path / 'out'} --base-url {server.url}")
+    assert hint.split()[-1] == "--cache"
+    other = cli([*base, "--max-tokens-total", "1", f"--cache={tmp_path / 'c'}"], {})
+    assert f"--cache={tmp_path / 'c'}" in " ".join(other.output.split())
