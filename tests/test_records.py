@@ -42,7 +42,7 @@ JSON = st.recursive(
 FIELD_NAMES = ["index", "line", "custom_id", "status", "response", "error", "attempts"]
 FIELD_NAMES += ["latency_ms", "ttft_ms", "type", "message", "retryable", "status_code"]
 FIELD_NAMES += ["allowance", "usage", "model", "prompt_tokens", "completion_tokens"]
-FIELD_NAMES += ["total_tokens", "ok"]
+FIELD_NAMES += ["total_tokens", "ok", "cached"]
 # Objects keyed by record field names, so wrong types reach every field, nested ones too.
 RECORDISH = st.recursive(
     SCALARS,
@@ -77,7 +77,7 @@ COUNTS = {"attempts", "prompt_tokens", "completion_tokens", "total_tokens"}
 def assert_well_typed(record: Record) -> None:
     """Every field is None or of its declared type: no wrong type slips through."""
     fields = {name for name, value in vars(Record).items() if isinstance(value, property)}
-    assert fields == {*FIELD_TYPES, "failed"}  # a new field gets a type here too
+    assert fields == {*FIELD_TYPES, "failed", "cached"}  # a new field gets a type here too
     for name, types in FIELD_TYPES.items():
         value = getattr(record, name)
         if value is None:
@@ -86,6 +86,7 @@ def assert_well_typed(record: Record) -> None:
         if name in COUNTS:
             assert value >= 0, (name, value)
     assert record.status in (None, "ok", "error")
+    assert record.cached is (record.data.get("cached") is True)  # only a literal true
 
 
 @given(st.binary())
