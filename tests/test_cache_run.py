@@ -10,8 +10,9 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from jsonl import MODEL, chat_request, read_jsonl, write_jsonl
 from batchrun import ConfigError, RetryConfig, RunConfig, RunReport, run_batch
 from batchrun.cache import RequestCache
 from batchrun.cache_cli import cache as cache_group
+from batchrun.cache_run import RunCache
 from batchrun.cli import main
 from batchrun.config import Guards
 from batchrun.mock import MockServer
@@ -239,6 +241,44 @@ async def test_an_unusable_cache_directory_is_a_config_error_before_outdir_is_to
         await run(config_for(server, path, tmp_path / "out", blocker / "cache"))
     assert not (tmp_path / "out").exists()
     assert server.requests_received == 0
+
+
+class SlowStore(RequestCache):
+    """A cache whose puts take a while and count how many run at once."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.lock = threading.Lock()
+        self.active = self.most = 0
+
+    def put(self, key: str, reply: Mapping[str, Any] | bytes) -> bool:
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        time.sleep(0.01)
+        with self.lock:
+            self.active -= 1
+        return super().put(key, reply)
+
+
+@pytest.mark.anyio
+async def test_stores_are_bounded_and_all_finish_when_the_run_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    """At most `pending` stores wait for the disk; leaving waits for every one, even when
+    the run is being cancelled (each holds a reply that was paid for)."""
+    store = SlowStore(tmp_path / "cache")
+    reply = {"choices": [{"message": {"role": "assistant", "content": "x"}}], "usage": {}}
+    keys = [f"{i:064x}" for i in range(20)]
+    with anyio.fail_after(30), anyio.CancelScope() as outer:
+        async with RunCache(store, "http://127.0.0.1:1", pending=3) as cache:
+            for key in keys:
+                await cache.keep(key, reply)
+            outer.cancel()
+            await anyio.sleep(5)  # cancelled at once: the stores still pending finish
+    assert store.most == 3
+    assert cache.stored == 20
+    assert all(store.get(key) == reply for key in keys)
 
 
 # --- the command line -----------------------------------------------------------------
