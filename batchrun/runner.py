@@ -23,7 +23,7 @@ from rich.text import Text
 from .client import ChatClient
 from .config import RunConfig
 from .errors import Aborted, InputError
-from .flow import FlowControl, FlowFigures
+from .flow import FlowControl
 from .journal import ResumeState, SentLog
 from .outcome import Outcome, RunReport
 from .outdir import Paths, write_failed
@@ -411,31 +411,8 @@ class _Run:
             "retry_budget_denied": self.policy.budget.denied,
             "rate_limit_pauses": self.policy.pause.pauses,
             "concurrency": self.config.concurrency,
-            "flow": self._flow_figures().to_json(),
+            "flow": self.flow.figures(
+                self.policy, self.stats, self.stop.kind if self.stop else None
+            ).to_json(),
             **error_digest(self.paths.errors),
         }
-
-    def _flow_figures(self) -> FlowFigures:
-        stats, policy, limit = self.stats, self.policy, self.flow.limit
-        elapsed = stats.elapsed
-        sent = stats.sent
-        guard = self.stop.kind.value if self.stop and self.stop.kind.is_guard else None
-        return FlowFigures(
-            limits=self.flow.limits(),
-            observed=self.flow.observed,
-            rate_limited=self.flow.rate_limited,
-            paused_s=policy.pause.paused_s,
-            pauses=policy.pause.pauses,
-            retries_by_cause=policy.retries_by_cause,
-            budget_denied=policy.budget.denied,
-            in_flight_limit=limit.limit,
-            in_flight_lowest=limit.lowest,
-            in_flight_cuts=limit.cuts,
-            concurrency=self.config.concurrency,
-            achieved={
-                "requests_per_s": sent / elapsed if sent else None,
-                "requests_per_min": 60 * sent / elapsed if sent else None,
-                "tokens_per_min": 60 * stats.total_tokens / elapsed if sent else None,
-            },
-            guard=guard,
-        )
