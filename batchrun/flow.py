@@ -14,7 +14,14 @@ import anyio
 
 from .client import Reply
 from .config import Pace
-from .errors import AllowanceExhausted, RateLimited, RequestFailed, RetryableStatus, Timeout
+from .errors import (
+    AllowanceExhausted,
+    AuthError,
+    RateLimited,
+    RequestFailed,
+    RetryableStatus,
+    Timeout,
+)
 from .inflight import AdaptiveLimit
 from .limits import Pacer, Rate, Reservation, Unit
 from .progress import LiveStats
@@ -192,8 +199,10 @@ class FlowControl:
         if isinstance(error, RateLimited | AllowanceExhausted):
             self.rate_limited += 1
             self.pacer.settle(reservation, 0)  # a 429 was not processed: no tokens
-            self.limit.on_rate_limited(reservation.at)
+            self.limit.on_refused(reservation.at)
             self.learn(self._headers())
+        elif isinstance(error, AuthError):
+            self.limit.on_refused(reservation.at)
         elif isinstance(error, Timeout) or (
             isinstance(error, RetryableStatus) and error.status_code in OVERLOAD_STATUSES
         ):
