@@ -57,6 +57,7 @@ RESUME_FLAGS = (
     ("mock", "--mock"),
     ("no_api_key", "--no-api-key"),
     ("allow_insecure_http", "--allow-insecure-http"),
+    ("prices_file", "--prices"),  # not needed to resume, but the costs would change
 )
 
 
@@ -303,6 +304,13 @@ def main() -> None:
 @click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to non-loopback hosts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout at the end.")
+@click.option(
+    "--prices",
+    "prices_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Prices (USD per million tokens) replacing or adding to the bundled table, as TOML "
+    "or JSON: {MODEL = {input = 0.1, output = 0.3}}. Used for summary.json's cost.",
+)
 def run(
     input_path: Path,
     outdir: Path | None,
@@ -336,6 +344,7 @@ def run(
     allow_insecure_http: bool,
     quiet: bool,
     as_json: bool,
+    prices_file: Path | None,
 ) -> None:
     """Send every line of INPUT and write results.jsonl, errors.jsonl, summary.json.
 
@@ -393,6 +402,7 @@ def run(
                     max_tokens_total=max_tokens_total,
                     max_error_rate=max_error_rate,
                 ),
+                prices_file=prices_file,
             )
 
         report = _run_or_exit(err, api_key, config, show_progress=not quiet)

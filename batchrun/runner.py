@@ -28,6 +28,7 @@ from .journal import ResumeState, SentLog
 from .outcome import Outcome, RunReport
 from .outdir import Paths, write_failed
 from .prepare import api_key_for, open_run
+from .prices import PriceTable, load_prices
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
 from .reader import InputFormat, InputScan, LineParser, iter_requests, unused_model_warning
 from .records import BadLine, Completed, Request, error_record
@@ -59,12 +60,13 @@ async def run_batch(
     that yields fewer lines during the run than when it was scanned (cut short or
     replaced under us) raises `InputError` (exit 1) once the lines read are written."""
     key = api_key_for(config, api_key)
+    prices = load_prices(config.prices_file, config.price_overrides)
     config, scan, lock, state = await open_run(config, console)
     try:
         async with ChatClient(
             config.endpoint, key, concurrency=config.concurrency, timeouts=config.timeouts
         ) as client:
-            run = _Run(config, scan, state, client)
+            run = _Run(config, scan, state, client, prices)
             return await run.execute(console, show_progress, secret=key)
     finally:
         lock.release()
@@ -75,9 +77,15 @@ class _Run:
     stop: Stop | None = None  # why the run stopped early, if a rule or guard said so
 
     def __init__(
-        self, config: RunConfig, scan: InputScan, state: ResumeState, client: ChatClient
+        self,
+        config: RunConfig,
+        scan: InputScan,
+        state: ResumeState,
+        client: ChatClient,
+        prices: PriceTable,
     ) -> None:
         self.config = config
+        self.prices = prices
         self.scan = scan
         self.state = state
         self.client = client
@@ -382,7 +390,9 @@ class _Run:
         )
         manifest = orjson.loads(self.paths.manifest.read_bytes())
         # Lines done beyond a gap are in the journal only: they count all the same.
-        summary = build_summary(self.paths, manifest, session, self._extra(), self._pending_spans())
+        summary = build_summary(
+            self.paths, manifest, session, self._extra(), self._pending_spans(), prices=self.prices
+        )
         write_summary(self.paths, summary)
         code = outcome.exit_code(summary["counts"]["failed"])
         return RunReport(code, summary, self.paths.outdir, tuple(self.state.repairs))
