@@ -9,18 +9,27 @@ file the way the runner reads one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import RunConfig
+from .errors import ConfigError
 from .limits import CHARS_PER_TOKEN, DEFAULT_MAX_TOKENS, TOKENS_PER_MESSAGE
 from .outcome import EXIT_FAILED_LINES, EXIT_OK
 from .prices import CostEstimate, CostRange, PriceTable, Tokens, estimate_cost, format_usd
-from .reader import LineParser, check_models, iter_requests, scan_input
+from .reader import InputScan, LineParser, check_models, iter_requests, scan_input
 from .records import BadLine, Request
 
-__all__ = ["MAX_SHOWN", "InputCheck", "ModelTally", "check_file", "tally"]
+__all__ = [
+    "MAX_SHOWN",
+    "InputCheck",
+    "ModelTally",
+    "check_file",
+    "refuse_unpriced",
+    "tally",
+]
 
 MAX_SHOWN = 20  # invalid lines listed with their reasons; the rest are counted
 
@@ -222,3 +231,31 @@ def check_file(
 
 def _nothing_done(_index: int) -> bool:
     return False
+
+
+def refuse_unpriced(
+    config: RunConfig, scan: InputScan, prices: PriceTable, skip: Callable[[int], bool]
+) -> None:
+    """--max-cost guards only what it can price: a line to a model without a price
+    would be sent unguarded, so the run refuses to start (ConfigError, exit 1) naming
+    the models. Reads the lines still to send (not `skip`ped) as the run will."""
+    models: set[str | None] = {config.override_model}
+    if config.override_model is None:
+        parser = LineParser(scan.format, default_model=config.model)
+        lines = iter_requests(
+            config.input_path,
+            parser,
+            config.max_line_bytes,
+            skip=skip,
+            limit=config.limit,
+            size=scan.size,
+        )
+        models = {line.model for line in lines if isinstance(line, Request)}
+    unpriced = sorted(str(m) for m in models if m is None or prices.price(m) is None)
+    if unpriced:
+        names = ", ".join(map(repr, unpriced))
+        has = "has" if len(unpriced) == 1 else "have"
+        raise ConfigError(
+            f"--max-cost needs a price for every model, and {names} {has} none: add it "
+            "with --prices FILE (or [prices] in the job); nothing was sent"
+        )

@@ -193,6 +193,14 @@ def main() -> None:
     "after 20); exit 3, rerun to resume.",
 )
 @click.option(
+    "--max-cost",
+    type=POSITIVE,
+    metavar="USD",
+    help="Stop before this OUTDIR's cost (all sessions, lines in flight estimated from "
+    "their prompt and max_tokens) passes USD; exit 3, rerun with a higher limit to resume. "
+    "Every model must have a price (--prices).",
+)
+@click.option(
     "--max-rate-limit-wait",
     type=DURATION,
     default="10m",
@@ -347,6 +355,7 @@ def run(
     quiet: bool,
     as_json: bool,
     prices_file: Path | None,
+    max_cost: float | None,
 ) -> None:
     """Send every line of INPUT and write results.jsonl, errors.jsonl, summary.json.
 
@@ -403,6 +412,7 @@ def run(
                     deadline=deadline,
                     max_tokens_total=max_tokens_total,
                     max_error_rate=max_error_rate,
+                    max_cost=max_cost,
                 ),
                 prices_file=prices_file,
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 ENTRY_KEYS = ("input", "output", "source", "date")
+MAX_DECIMALS = 10  # format_usd: a billionth of a cent is nothing anyone pays
 BUNDLED = "batchrun/data/prices.toml"
 
 
@@ -205,13 +207,15 @@ def _bundled() -> PriceTable:
 
 
 def format_usd(usd: float) -> str:
-    """A cost for people: cents from a cent up, else six decimals (a small batch costs
-    fractions of a cent, which "$0.00" would hide)."""
-    if usd >= 0.01:
+    """A cost for people: cents from a dollar up, else four significant digits (a small
+    batch costs fractions of a cent, which "$0.00" would hide)."""
+    if usd >= 1:
         return f"${usd:,.2f}"
-    if 0 < usd < 0.000001:
-        return "< $0.000001"
-    return f"${usd:.6f}"
+    if usd <= 0:
+        return "$0"
+    decimals = min(MAX_DECIMALS, max(2, 3 - math.floor(math.log10(usd))))
+    text = f"{usd:.{decimals}f}".rstrip("0")
+    return "$" + (text if len(text.split(".")[1]) >= 2 else f"{usd:.2f}")
 
 
 def no_price_note(model: str) -> str:

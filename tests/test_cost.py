@@ -16,10 +16,11 @@ import pytest
 from click.testing import CliRunner
 from jsonl import read_jsonl, write_jsonl
 
-from batchrun import RunConfig, RunReport, run_batch
+from batchrun import ConfigError, RunConfig, RunReport, run_batch
 from batchrun.cli import main
+from batchrun.config import Guards
 from batchrun.mock import MockServer
-from batchrun.prices import PriceTable, no_price_note
+from batchrun.prices import PriceTable, format_usd, no_price_note
 
 Factory = Callable[..., MockServer]
 SMALL, LARGE, LOCAL = "mistral-small-latest", "mistral-large-latest", "my-local-model"
@@ -177,3 +178,127 @@ def test_an_unusable_prices_file_stops_the_run_before_it_sends(tmp_path: Path) -
     assert not tmp_out(path).exists() and not (tmp_path / "in.batchrun").exists()
     missing = CliRunner().invoke(main, [*mock_run(path), "--prices", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "cannot read prices file" in missing.stderr
+
+
+# --- the --max-cost guard -------------------------------------------------------------------
+
+# Dear prices, so a few lines reach a limit: a line is estimated at 14 prompt tokens
+# (ceil(40 / 4) + 4 for its message) + 1 max completion token = 15 x 1,000 = 0.015 USD,
+# and costs 11 + 1 = 12 x 1,000 = 0.012 USD once its usage is known.
+DEAR = {SMALL: {"input": 1000, "output": 1000}}
+ESTIMATE_USD, ACTUAL_USD = 0.015, 0.012
+
+
+def dear_prices(tmp_path: Path) -> Path:
+    path = tmp_path / "dear.toml"
+    path.write_text(f"[{SMALL}]\ninput = 1000\noutput = 1000\n")
+    return path
+
+
+@pytest.mark.anyio
+async def test_max_cost_stops_before_the_limit_counts_every_session_and_resumes(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = inputs(tmp_path, [SMALL] * 40)
+
+    def guarded(limit: float) -> RunConfig:
+        return config(
+            path, server, concurrency=2, price_overrides=DEAR, guards=Guards(max_cost=limit)
+        )
+
+    report = await run(guarded(0.1))
+    assert report.exit_code == 3
+    assert report.summary["reason"].startswith("--max-cost 0.1 USD reached")
+    assert report.summary["flow"]["guard"] == "max_cost"
+    assert_usage_as_computed(report)
+    ok = report.summary["counts"]["ok"]
+    # Stopped before the limit: what completed costs no more than it; and the lines it
+    # let go, each at its estimate, plus one more, would have passed it.
+    assert ok > 0 and ok * ACTUAL_USD <= 0.1 < (ok + 1) * ESTIMATE_USD
+    assert report.summary["cost"]["total_usd"] == pytest.approx(ok * ACTUAL_USD)
+    sent = server.requests_received
+    # The same limit again: the first session's spending counts, so at most one more
+    # line fits under it.
+    again = await run(guarded(0.1))
+    assert again.exit_code == 3 and server.requests_received - sent <= 1
+    assert again.summary["cost"]["total_usd"] <= 0.1
+    done = await run(guarded(10))
+    assert done.exit_code == 0 and done.summary["counts"]["ok"] == 40
+    assert server.requests_received == 40  # nothing sent twice
+    assert done.summary["cost"]["total_usd"] == pytest.approx(40 * ACTUAL_USD)
+
+
+def test_max_cost_flag_exits_3_naming_the_guard_and_a_raised_limit_finishes(
+    tmp_path: Path,
+) -> None:
+    path = inputs(tmp_path, [SMALL] * 20)
+    prices = ["--prices", str(dear_prices(tmp_path))]
+    result = CliRunner().invoke(main, [*mock_run(path), *prices, "--max-cost", "0.05"])
+    assert result.exit_code == 3, result.output
+    assert "--max-cost 0.05 USD reached" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "aborted" and summary["cost"]["total_usd"] <= 0.05
+    assert "to resume: batchrun run" in result.stderr
+    raised = CliRunner().invoke(main, [*mock_run(path), *prices, "--max-cost", "1"])
+    assert raised.exit_code == 0, raised.output
+    assert json.loads(raised.stdout)["cost"]["total_usd"] == pytest.approx(20 * ACTUAL_USD)
+
+
+@pytest.mark.anyio
+async def test_max_cost_refuses_to_start_with_a_model_it_cannot_price(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = inputs(tmp_path, [SMALL, LOCAL, SMALL])
+    with pytest.raises(ConfigError, match=f"'{LOCAL}' has none") as refused:
+        await run(config(path, server, guards=Guards(max_cost=1.0)))
+    assert refused.value.exit_code == 1
+    assert server.requests_received == 0
+    # Priced by the job (or --prices), it runs.
+    priced = {LOCAL: {"input": 1, "output": 1}}
+    report = await run(config(path, server, guards=Guards(max_cost=1.0), price_overrides=priced))
+    assert report.exit_code == 0 and server.requests_received == 3
+
+
+def test_max_cost_refusal_through_the_cli_names_the_model(tmp_path: Path) -> None:
+    path = inputs(tmp_path, [LOCAL])
+    result = CliRunner().invoke(main, [*mock_run(path), "--max-cost", "1"])
+    assert result.exit_code == 1
+    assert f"--max-cost needs a price for every model, and '{LOCAL}' has none" in result.stderr
+    for nonsense in ("0", "-1", "nan", "inf", "cheap"):
+        bad = CliRunner().invoke(main, [*mock_run(path), "--max-cost", nonsense])
+        assert bad.exit_code == 1 and "Invalid value for '--max-cost'" in bad.stderr
+    with pytest.raises(ConfigError):
+        Guards(max_cost=float("nan"))
+
+
+@pytest.mark.anyio
+async def test_max_cost_counts_earlier_unguarded_sessions(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    server = mock_server()
+    path = inputs(tmp_path, [SMALL] * 20)
+    first = await run(config(path, server, limit=5, price_overrides=DEAR))
+    assert first.summary["cost"]["total_usd"] == pytest.approx(5 * ACTUAL_USD)  # 0.06
+    # 0.06 spent: with 0.1 USD, only lines whose estimates fit in 0.04 go (two at most).
+    guarded = config(path, server, price_overrides=DEAR, guards=Guards(max_cost=0.1))
+    report = await run(guarded)
+    assert report.exit_code == 3
+    assert 1 <= server.requests_received - 5 <= 2
+    assert report.summary["cost"]["total_usd"] <= 0.1
+
+
+@pytest.mark.parametrize(
+    ("usd", "shown"),
+    [
+        (0.0, "$0"),
+        (0.000075, "$0.000075"),  # a fraction of a cent stays visible
+        (0.015, "$0.015"),
+        (0.1, "$0.10"),
+        (0.123456, "$0.1235"),  # four significant digits under a dollar
+        (1234.5, "$1,234.50"),
+    ],
+)
+def test_costs_are_shown_to_the_digit_that_matters(usd: float, shown: str) -> None:
+    assert format_usd(usd) == shown
