@@ -14,13 +14,18 @@ from typing import Any
 import anyio
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonl import read_jsonl, write_jsonl
 
-from batchrun import ConfigError, RunConfig, RunReport, run_batch
+from batchrun import RunConfig, RunReport, run_batch
 from batchrun.cli import main
 from batchrun.config import Guards
+from batchrun.errors import ConfigError
 from batchrun.mock import MockServer
-from batchrun.prices import PriceTable, format_usd, no_price_note
+from batchrun.prices import PriceTable, Tokens, format_usd, no_price_note
+from batchrun.records import Completed, Request
+from batchrun.stops import CostLedger
 
 Factory = Callable[..., MockServer]
 SMALL, LARGE, LOCAL = "mistral-small-latest", "mistral-large-latest", "my-local-model"
@@ -302,3 +307,96 @@ async def test_max_cost_counts_earlier_unguarded_sessions(
 )
 def test_costs_are_shown_to_the_digit_that_matters(usd: float, shown: str) -> None:
     assert format_usd(usd) == shown
+
+
+# --- the guard's books, directly ------------------------------------------------------------
+
+LEDGER_PRICES = PriceTable({}, {}).with_overrides(
+    {SMALL: {"input": 0.15, "output": 0.60}, LARGE: {"input": 2, "output": 6}}, source="test"
+)
+
+
+def request(index: int, model: str, prompt: int, completion: int) -> Request:
+    return Request(index, index + 1, None, b"{}", False, prompt + completion, model, completion)
+
+
+def reply(index: int, model: str | None, usage: dict[str, int] | None) -> Completed:
+    response: dict[str, Any] = {"model": model, "choices": []}
+    if usage is not None:
+        response["usage"] = usage
+    data = {"index": index, "status": "ok", "response": response}
+    return Completed(index, json.dumps(data).encode(), failed=False)
+
+
+def exact(model: str, prompt: int, completion: int) -> Decimal:
+    price = LEDGER_PRICES.price(model)
+    assert price is not None
+    return price.cost_usd(prompt, completion)
+
+
+def test_settling_prices_what_the_record_says() -> None:
+    ledger = CostLedger(1.0, LEDGER_PRICES, None)
+    for i in range(5):
+        assert ledger.admit(request(i, SMALL, 100, 50)) is None
+    assert ledger.committed == 5 * exact(SMALL, 100, 50)
+    ledger.settle(
+        [
+            reply(0, SMALL, {"prompt_tokens": 80, "completion_tokens": 10}),
+            reply(1, LARGE, {"prompt_tokens": 80, "completion_tokens": 10}),  # answered by
+            reply(2, LOCAL, {"prompt_tokens": 80, "completion_tokens": 10}),  # unpriced: SMALL
+            reply(3, SMALL, None),  # no usage: the estimate stands
+            Completed(4, b'{"index": 4, "status": "error"}', failed=True),  # not paid for
+            Completed(99, b"{}", failed=True),  # never admitted (an invalid line)
+        ]
+    )
+    assert ledger.committed == 0
+    assert ledger.spent == (
+        exact(SMALL, 80, 10) + exact(LARGE, 80, 10) + exact(SMALL, 80, 10) + exact(SMALL, 100, 50)
+    )
+
+
+def test_earlier_sessions_count_and_an_unpriced_one_refuses() -> None:
+    before = {SMALL: Tokens(1000, 100), LARGE: Tokens(10, 1)}
+    ledger = CostLedger(1.0, LEDGER_PRICES, before)
+    assert ledger.spent == exact(SMALL, 1000, 100) + exact(LARGE, 10, 1)
+    with pytest.raises(ConfigError, match=f"used model '{LOCAL}', which has no price"):
+        CostLedger(1.0, LEDGER_PRICES, {LOCAL: Tokens(1, 1)})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.floats(0.0001, 0.05),
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from([SMALL, LARGE]),
+            st.integers(0, 2000),  # estimated prompt tokens
+            st.integers(0, 2000),  # max completion tokens
+            st.floats(0, 1),  # share of the estimate the reply really used
+            st.booleans(),  # settle the lines admitted so far after this one
+        ),
+        max_size=60,
+    ),
+)
+def test_the_guard_never_lets_spending_pass_the_limit(
+    limit: float, lines: list[tuple[str, int, int, float, bool]]
+) -> None:
+    """Whatever the order of admissions and settlements, as long as replies use no more
+    than estimated: committed + spent never passes the limit, every admitted line is
+    settled to its exact cost, and nothing stays committed."""
+    ledger = CostLedger(limit, LEDGER_PRICES, None)
+    pending: list[Completed] = []
+    paid = Decimal(0)
+    for index, (model, prompt, completion, used, settle_now) in enumerate(lines):
+        if ledger.admit(request(index, model, prompt, completion)) is None:
+            usage = {
+                "prompt_tokens": int(prompt * used),
+                "completion_tokens": int(completion * used),
+            }
+            pending.append(reply(index, model, usage))
+            paid += exact(model, usage["prompt_tokens"], usage["completion_tokens"])
+        assert ledger.spent + ledger.committed <= ledger.limit
+        if settle_now:
+            ledger.settle(pending)
+            pending.clear()
+    ledger.settle(pending)
+    assert ledger.committed == 0 and ledger.spent == paid <= ledger.limit
