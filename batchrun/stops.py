@@ -178,6 +178,11 @@ class GuardRules:
         return None
 
 
+# Failures after which the server may have generated, and billed, a completion we could
+# not use; the others (a status other than 200, a refused connection, a 429) were not.
+MAYBE_BILLED = frozenset({"timeout", "stream_truncated", "invalid_response", "schema_violation"})
+
+
 class CostLedger:
     """The --max-cost guard's books, in exact USD: what this OUTDIR spent (earlier
     sessions and settled lines) and what the lines handed out may still cost (each
@@ -186,7 +191,9 @@ class CostLedger:
     Lines are settled from their records (`settle`), since a record says which model
     answered and how many prompt and completion tokens it used: those are priced
     apart. A reply naming a model with no price is charged at its request's model's
-    price (the one it was admitted at); a reply without usage keeps its estimate."""
+    price (the one it was admitted at); a reply without usage keeps its estimate, and so
+    does a line that failed after the server may have generated (MAYBE_BILLED): the
+    guard errs on the side of stopping early."""
 
     def __init__(
         self, max_cost: float, prices: PriceTable, used_before: Mapping[str, Tokens] | None
@@ -229,8 +236,11 @@ class CostLedger:
                 continue
             price, estimate = entry
             self.committed -= estimate
+            record = Record.parse(done.data)
             if not done.failed:
-                self.spent += self._cost(Record.parse(done.data), price, estimate)
+                self.spent += self._cost(record, price, estimate)
+            elif record is not None and record.error_type in MAYBE_BILLED:
+                self.spent += estimate
 
     def _cost(self, record: Record | None, price: Price, estimate: Decimal) -> Decimal:
         if record is None:

@@ -328,6 +328,11 @@ def reply(index: int, model: str | None, usage: dict[str, int] | None) -> Comple
     return Completed(index, json.dumps(data).encode(), failed=False)
 
 
+def failure(index: int, error_type: str) -> Completed:
+    data = {"index": index, "status": "error", "error": {"type": error_type}}
+    return Completed(index, json.dumps(data).encode(), failed=True)
+
+
 def exact(model: str, prompt: int, completion: int) -> Decimal:
     price = LEDGER_PRICES.price(model)
     assert price is not None
@@ -336,22 +341,26 @@ def exact(model: str, prompt: int, completion: int) -> Decimal:
 
 def test_settling_prices_what_the_record_says() -> None:
     ledger = CostLedger(1.0, LEDGER_PRICES, None)
-    for i in range(5):
+    for i in range(6):
         assert ledger.admit(request(i, SMALL, 100, 50)) is None
-    assert ledger.committed == 5 * exact(SMALL, 100, 50)
+    assert ledger.committed == 6 * exact(SMALL, 100, 50)
     ledger.settle(
         [
             reply(0, SMALL, {"prompt_tokens": 80, "completion_tokens": 10}),
             reply(1, LARGE, {"prompt_tokens": 80, "completion_tokens": 10}),  # answered by
             reply(2, LOCAL, {"prompt_tokens": 80, "completion_tokens": 10}),  # unpriced: SMALL
             reply(3, SMALL, None),  # no usage: the estimate stands
-            Completed(4, b'{"index": 4, "status": "error"}', failed=True),  # not paid for
+            failure(4, "http_status"),  # a 5xx or 4xx is not paid for
+            failure(5, "timeout"),  # may have been generated: the estimate stands
             Completed(99, b"{}", failed=True),  # never admitted (an invalid line)
         ]
     )
     assert ledger.committed == 0
     assert ledger.spent == (
-        exact(SMALL, 80, 10) + exact(LARGE, 80, 10) + exact(SMALL, 80, 10) + exact(SMALL, 100, 50)
+        exact(SMALL, 80, 10)
+        + exact(LARGE, 80, 10)
+        + exact(SMALL, 80, 10)
+        + 2 * exact(SMALL, 100, 50)
     )
 
 
