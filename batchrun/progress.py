@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .prices import format_usd
 from .records import Record
 
 __all__ = [
@@ -210,6 +211,8 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             f"{tokens['prompt_tokens']:,} prompt · {tokens['completion_tokens']:,} completion",
         )
     )
+    if cost := summary.get("cost"):
+        rows.append(("cost", _cost_line(cost)))
     for name, key in (("latency", "latency_ms"), ("ttft", "ttft_ms")):
         if figures := summary[key]:
             rows.append(
@@ -220,6 +223,17 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             )
     rows.append(("this run", _session_line(session)))
     return rows
+
+
+def _cost_line(cost: dict[str, Any]) -> str:
+    """The total, and which models it leaves out for want of a price (never priced at 0)."""
+    unpriced = cost["unpriced"]
+    if not unpriced:
+        return format_usd(cost["total_usd"])
+    missing = f"no price for {', '.join(map(repr, unpriced))} (add it with --prices FILE)"
+    if len(unpriced) == len(cost["models"]):
+        return f"unknown: {missing}"
+    return f"{format_usd(cost['total_usd'])} for the priced models · {missing}"
 
 
 def _session_line(session: dict[str, Any]) -> str:
