@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .prices import format_usd
 from .records import Record
 
 __all__ = [
@@ -213,6 +214,8 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             f"{tokens['prompt_tokens']:,} prompt · {tokens['completion_tokens']:,} completion",
         )
     )
+    if cost := summary.get("cost"):
+        rows.append(("cost", _cost_line(cost)))
     if cache := summary.get("cache"):
         rows.append(("cache", _cache_line(cache)))
     for name, key in (("latency", "latency_ms"), ("ttft", "ttft_ms")):
@@ -227,13 +230,24 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _cost_line(cost: dict[str, Any]) -> str:
+    """The total, and which models it leaves out for want of a price (never priced at 0)."""
+    unpriced = cost["unpriced"]
+    if not unpriced:
+        return format_usd(cost["total_usd"])
+    missing = f"no price for {', '.join(map(repr, unpriced))} (add it with --prices FILE)"
+    if len(unpriced) == len(cost["models"]):
+        return f"unknown: {missing}"
+    return f"{format_usd(cost['total_usd'])} for the priced models · {missing}"
+
+
 def _cache_line(cache: dict[str, Any]) -> str:
     """Hits of the whole batch; misses and stores of this run; what the hits saved."""
     unpriced = f" + {', '.join(cache['unpriced'])} (no price)" if cache["unpriced"] else ""
     return (
         f"{cache['hits']:,} hits · {cache['misses']:,} misses · {cache['stored']:,} stored · "
         f"saved {cache['tokens_saved']['total_tokens']:,} tokens, "
-        f"${cache['cost_saved_usd']:,.4f}{unpriced}"
+        f"{format_usd(cache['cost_saved_usd'])}{unpriced}"
     )
 
 

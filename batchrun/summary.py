@@ -1,4 +1,4 @@
-"""summary.json: counts, tokens per model, latency and TTFT percentiles, throughput.
+"""summary.json: counts, tokens and cost per model, latency and TTFT percentiles, throughput.
 
 Built from results.jsonl, plus the journal records of lines done beyond a gap (a run
 stopped early), at the end of every session, so it always describes the whole batch
@@ -21,7 +21,8 @@ records answered from the cache (every session, like the counts), with the `toke
 their usage reports and what those tokens would have cost (`cost_saved_usd`, priced
 models only); `misses` and `stored` are this session's lookups that found nothing and
 replies written to the cache. A hit is not a request: it adds to no latency or TTFT
-percentile and to no retry count.
+percentile, to no retry count, and to no `cost` (what was paid; `tokens` still counts
+every reply's usage).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "SessionInfo",
     "Totals",
     "build_summary",
+    "cost_section",
     "percentiles",
     "read_totals",
     "write_summary",
@@ -53,6 +55,7 @@ Span = tuple[int, int]  # (offset, length) of one record in journal.jsonl
 PERCENTILES = (50, 90, 99)
 TOKEN_KEYS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 MIN_DECODE_MS = 50.0
+NO_TOKENS = Tokens(0, 0)
 
 
 @dataclass
@@ -122,6 +125,20 @@ class Totals:
         keys = ("prompt_tokens", "completion_tokens", "total_tokens")
         return {k: sum(m[k] for m in self.tokens_by_model.values()) for k in keys}
 
+    def cached_tokens(self) -> int:
+        """Tokens of the replies that came from the request cache: in the records, not paid."""
+        return sum(t.prompt + t.completion for t in self.cached_tokens_by_model.values())
+
+    def tokens_used(self) -> dict[str, Tokens]:
+        """Prompt and completion tokens per model that were paid for, as
+        prices.actual_cost takes them: replies from the request cache are left out."""
+        used = {}
+        for model, tokens in self.tokens_by_model.items():
+            saved = self.cached_tokens_by_model.get(model, NO_TOKENS)
+            prompt = tokens["prompt_tokens"] - saved.prompt
+            used[model] = Tokens(prompt, tokens["completion_tokens"] - saved.completion)
+        return used
+
 
 @dataclass(frozen=True)
 class SessionInfo:
@@ -189,9 +206,10 @@ def build_summary(
     *,
     prices: PriceTable | None = None,
 ) -> dict[str, Any]:
-    """`pending`: journal spans of records done but not yet in results.jsonl; `prices`
-    (default: the bundled table) prices what the cache saved."""
+    """`pending`: journal spans of records done but not yet in results.jsonl.
+    `prices`: the table costs are computed with (the bundled one if None)."""
     totals = read_totals(paths.results, paths.journal, pending)
+    prices = prices or PriceTable.bundled()
     requests = int(manifest["requests"])
     done = totals.ok + totals.failed
     return {
@@ -212,6 +230,7 @@ def build_summary(
         "attempts": {"total": totals.attempts, "retries": totals.retries},
         "tokens": totals.token_totals(),
         "tokens_by_model": totals.tokens_by_model,
+        "cost": cost_section(totals, prices),
         "latency_ms": percentiles(totals.latencies_ms),
         "ttft_ms": percentiles(totals.ttfts_ms),
         "decode_tokens_per_s": percentiles(totals.decode_tokens_per_s),
@@ -225,9 +244,17 @@ def build_summary(
             "resent_after_interrupt": session.resent_after_interrupt,
             **_session_rates(session),
         },
-        "cache": _cache_section(totals, session.cache, prices or PriceTable.bundled()),
+        "cache": _cache_section(totals, session.cache, prices),
         **extra,
     }
+
+
+def cost_section(totals: Totals, prices: PriceTable) -> dict[str, Any]:
+    """USD per model and in total, priced from the summed tokens (one exact product per
+    model), and the price each figure used with its source. A model with no price costs
+    null with a note: the total covers priced models only, `unpriced` names the rest."""
+    used = totals.tokens_used()
+    return {**actual_cost(prices, used).to_dict(), "prices": prices.used(used)}
 
 
 def _cache_section(
