@@ -155,12 +155,14 @@ class GuardRules:
             self._committed += estimate
         return None
 
-    def released(self, estimate: int) -> None:
-        """A line answered without being sent (a cache hit): its estimate is given back,
-        it used no token, and the error rate (of lines sent) does not count it. Its cost
-        estimate is settled to nothing by `CostLedger.settle`, from its record."""
+    def released(self, request: Request) -> None:
+        """A line answered without being sent (a cache hit): its estimates are given back
+        at once, it used no token and cost nothing, and the error rate (of lines sent)
+        does not count it."""
         if self._guards.max_tokens_total is not None:
-            self._committed -= estimate
+            self._committed -= request.tokens
+        if self.cost is not None:
+            self.cost.release(request.index)
 
     def completed(self, estimate: int, tokens: int, *, failed: bool) -> Stop | None:
         """A line sent (not an invalid one) completed, having used `tokens`."""
@@ -244,12 +246,17 @@ class CostLedger:
             price, estimate = entry
             self.committed -= estimate
             record = Record.parse(done.data)
-            if record is not None and record.cached:
-                continue  # answered from the request cache: nothing was paid
             if not done.failed:
                 self.spent += self._cost(record, price, estimate)
             elif record is not None and record.error_type in MAYBE_BILLED:
                 self.spent += estimate
+
+    def release(self, index: int) -> None:
+        """Line `index` was answered without being sent: its estimate leaves the books
+        and nothing is spent (its record is then no longer in flight for `settle`)."""
+        entry = self._in_flight.pop(index, None)
+        if entry is not None:
+            self.committed -= entry[1]
 
     def _cost(self, record: Record | None, price: Price, estimate: Decimal) -> Decimal:
         if record is None:

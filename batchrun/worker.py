@@ -116,7 +116,7 @@ class Worker:
         policy and the stop rules never hear of it, and its token estimate is given back.
         A streamed request may be answered by a non-streamed reply (the key ignores
         `stream`): its record has no ttft_ms."""
-        self.guards.released(request.tokens)
+        self.guards.released(request)
         self.stats.ok += 1
         self.stats.cached += 1
         latency = (time.perf_counter() - started) * 1000

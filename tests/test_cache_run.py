@@ -134,6 +134,12 @@ async def test_the_summary_counts_hits_and_what_they_saved(
     }
     # A hit is not a request: no retry is counted for it, no latency figure comes from it.
     assert summary["attempts"] == {"total": 20, "retries": 10}
+    paid = [r["response"]["usage"] for r in records if not r.get("cached")]
+    paid_cost = (
+        price.input * sum(u["prompt_tokens"] for u in paid)
+        + price.output * sum(u["completion_tokens"] for u in paid)
+    ) / Decimal(1_000_000)
+    assert summary["cost"]["total_usd"] == float(paid_cost)  # hits were not paid for
     assert summary["session"]["requests_sent"] == 20
     assert len([r for r in records if not r.get("cached")]) == 10
 
@@ -203,30 +209,35 @@ async def test_another_server_is_another_key(
 
 
 @pytest.mark.anyio
-async def test_hits_use_no_tokens_of_the_token_guard(
-    mock_server: Callable[..., MockServer], tmp_path: Path
+@pytest.mark.parametrize("kind", ["max_tokens_total", "max_cost"])
+async def test_hits_spend_nothing_under_the_token_and_cost_guards(
+    mock_server: Callable[..., MockServer], tmp_path: Path, kind: str
 ) -> None:
-    """--max-tokens-total counts tokens used; a hit uses none, in this session (its
-    estimate is given back) and when a later session counts the earlier ones."""
+    """--max-tokens-total and --max-cost count what was used and paid; a hit used
+    nothing, in this session (its estimate is given back) and when a later session
+    counts the earlier ones."""
     server = mock_server()
     path = write_jsonl(tmp_path / "in.jsonl", requests(20))
     cache = tmp_path / "cache"
     await run(config_for(server, path, tmp_path / "warm", cache))
-    used = summary_of(tmp_path / "warm")["tokens"]["total_tokens"]
-    guard = Guards(max_tokens_total=used // 2)
+    warm = summary_of(tmp_path / "warm")
+    if kind == "max_tokens_total":
+        guard = Guards(max_tokens_total=warm["tokens"]["total_tokens"] // 2)
+    else:
+        guard = Guards(max_cost=warm["cost"]["total_usd"] / 2)
     sent = server.requests_received
     out = tmp_path / "out"
-    half = await run(config_for(server, path, out, cache, guards=guard, limit=10, concurrency=2))
+    half = await run(config_for(server, path, out, cache, guards=guard, limit=10, concurrency=1))
     assert half.summary["counts"]["done"] == 10
-    rest = await run(config_for(server, path, out, cache, guards=guard, concurrency=2))
+    rest = await run(config_for(server, path, out, cache, guards=guard, concurrency=1))
     assert rest.exit_code == 0, rest.summary["reason"]
     assert rest.summary["counts"]["ok"] == 20
     assert server.requests_received == sent
+    assert rest.summary["cost"]["total_usd"] == 0  # what was paid: nothing
+    assert rest.summary["cache"]["cost_saved_usd"] == pytest.approx(warm["cost"]["total_usd"])
     # Without the cache the same guard stops the run: the limit is real.
-    stopped = await run(
-        config_for(server, path, tmp_path / "cold", tmp_path / "empty", guards=guard)
-    )
-    assert stopped.exit_code == 3
+    cold = config_for(server, path, tmp_path / "cold", tmp_path / "empty", guards=guard)
+    assert (await run(cold)).exit_code == 3
 
 
 @pytest.mark.anyio
