@@ -113,7 +113,7 @@ class Worker:
 
     def _answered(self, request: Request, response: dict[str, Any], started: float) -> Completed:
         """A cache hit: an ok record without a request, so flow control, the retry
-        policy and the stop rules never hear of it, and its token estimate is given back.
+        policy and the stop rules never hear of it; the guards get its estimates back.
         A streamed request may be answered by a non-streamed reply (the key ignores
         `stream`): its record has no ttft_ms."""
         self.guards.released(request)
