@@ -301,6 +301,15 @@ def main() -> None:
     help="Seconds in-flight requests get to finish after Ctrl-C.",
 )
 @click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to non-loopback hosts.")
+@click.option(
+    "--schema-retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Ask again this many times when a reply does not fit the line's response_format "
+    "(json_schema or json_object) before recording schema_violation; counted apart from "
+    "--max-attempts.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout at the end.")
 def run(
@@ -334,6 +343,7 @@ def run(
     max_line_bytes: int,
     grace_period: float,
     allow_insecure_http: bool,
+    schema_retries: int,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -393,6 +403,7 @@ def run(
                     max_tokens_total=max_tokens_total,
                     max_error_rate=max_error_rate,
                 ),
+                schema_retries=schema_retries,
             )
 
         report = _run_or_exit(err, api_key, config, show_progress=not quiet)

@@ -162,6 +162,9 @@ class RunConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     pace: Pace = field(default_factory=Pace)
     guards: Guards = field(default_factory=Guards)
+    # A reply that does not fit the line's response_format is asked again this many
+    # times before the line is recorded as schema_violation (not transport retries).
+    schema_retries: int = 2
 
     def __post_init__(self) -> None:
         _check_positive("concurrency", self.concurrency)
@@ -170,6 +173,8 @@ class RunConfig:
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"--limit must be >= 0, got {self.limit}")
         check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
+        if self.schema_retries < 0:
+            raise ConfigError(f"--schema-retries must be >= 0, got {self.schema_retries}")
 
     @property
     def endpoint(self) -> str:

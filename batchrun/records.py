@@ -9,11 +9,14 @@ a record.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from .errors import InvalidInput, RequestFailed
+
+if TYPE_CHECKING:  # structured.py loads jsonschema; a plain run never needs it
+    from .structured import OutputChecker
 
 Status = Literal["ok", "error"]
 
@@ -35,6 +38,8 @@ class Request:
     payload: bytes  # the JSON body exactly as it will be sent
     stream: bool
     tokens: int = 0  # estimated cost, for a tokens-per-minute pace (0 when none is set)
+    # The body's response_format as a checker of the reply (None: nothing to check).
+    checker: OutputChecker | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +66,12 @@ def ok_record(
     attempts: int,
     latency_ms: float,
     ttft_ms: float | None = None,
+    parsed: Any = None,
+    schema_attempts: int | None = None,
 ) -> Completed:
+    """`parsed` (the content as JSON, which may be null) and `schema_attempts` (replies
+    checked) are kept only for a line that asked for structured output, which is what
+    a `schema_attempts` tells."""
     record: dict[str, Any] = {
         "index": request.index,
         "line": request.line,
@@ -73,6 +83,9 @@ def ok_record(
     }
     if ttft_ms is not None:
         record["ttft_ms"] = round(ttft_ms, 2)
+    if schema_attempts is not None:
+        record["parsed"] = parsed
+        record["schema_attempts"] = schema_attempts
     return Completed(request.index, orjson.dumps(record), failed=False)
 
 
@@ -82,6 +95,7 @@ def error_record(
     *,
     attempts: int,
     latency_ms: float | None = None,
+    schema_attempts: int | None = None,
 ) -> Completed:
     record: dict[str, Any] = {
         "index": line.index,
@@ -93,6 +107,8 @@ def error_record(
     }
     if latency_ms is not None:
         record["latency_ms"] = round(latency_ms, 2)
+    if schema_attempts is not None:
+        record["schema_attempts"] = schema_attempts
     return Completed(line.index, orjson.dumps(record), failed=True)
 
 
@@ -164,6 +180,12 @@ class Record:
     @property
     def attempts(self) -> int | None:
         value = self.data.get("attempts")
+        return value if type(value) is int and value >= 0 else None
+
+    @property
+    def schema_attempts(self) -> int | None:
+        """Replies checked against the line's response_format; None: it asked for none."""
+        value = self.data.get("schema_attempts")
         return value if type(value) is int and value >= 0 else None
 
     @property

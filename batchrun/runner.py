@@ -206,6 +206,7 @@ class _Run:
             guards=self.guards,
             on_stop=self._stop,
             sent_log=sent_log,
+            schema_retries=self.config.schema_retries,
         )
         with self._work_scope:
             async with anyio.create_task_group() as work, work_recv:
