@@ -27,6 +27,7 @@ from ._version import __version__
 from .config import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
+    OUTPUT_FORMATS,
     Guards,
     Pace,
     RetryConfig,
@@ -310,6 +311,12 @@ def main() -> None:
     "(json_schema or json_object) before recording schema_violation; counted apart from "
     "--max-attempts.",
 )
+@click.option(
+    "--output-format",
+    type=click.Choice(OUTPUT_FORMATS),
+    help="Also write OUTDIR/batch_output.jsonl: one line per record, in input order, in "
+    "this provider's batch output shape (custom_id, response, error).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout at the end.")
 def run(
@@ -344,6 +351,7 @@ def run(
     grace_period: float,
     allow_insecure_http: bool,
     schema_retries: int,
+    output_format: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -404,6 +412,7 @@ def run(
                     max_error_rate=max_error_rate,
                 ),
                 schema_retries=schema_retries,
+                output_format=output_format,
             )
 
         report = _run_or_exit(err, api_key, config, show_progress=not quiet)

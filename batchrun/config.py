@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "OUTPUT_FORMATS",
     "Guards",
     "Pace",
     "RetryConfig",
@@ -33,6 +34,8 @@ DEFAULT_BASE_URL = "https://api.mistral.ai"
 DEFAULT_API_KEY_ENV = "MISTRAL_API_KEY"
 CHAT_PATH = "/v1/chat/completions"
 MIB = 1024 * 1024
+# Provider batch output shapes a run can also write (batch_output.py).
+OUTPUT_FORMATS = ("openai-batch", "mistral-batch")
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,7 @@ class RunConfig:
     # A reply that does not fit the line's response_format is asked again this many
     # times before the line is recorded as schema_violation (not transport retries).
     schema_retries: int = 2
+    output_format: str | None = None  # also write OUTDIR/batch_output.jsonl in this shape
 
     def __post_init__(self) -> None:
         _check_positive("concurrency", self.concurrency)
@@ -175,6 +179,11 @@ class RunConfig:
         check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
         if self.schema_retries < 0:
             raise ConfigError(f"--schema-retries must be >= 0, got {self.schema_retries}")
+        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
+            raise ConfigError(
+                f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, "
+                f"got {self.output_format!r}"
+            )
 
     @property
     def endpoint(self) -> str:

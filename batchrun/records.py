@@ -214,6 +214,12 @@ class Record:
         return value if isinstance(value, bool) else None
 
     @property
+    def error_body(self) -> str | None:
+        """The first 2 KB of an HTTP error's body, as text."""
+        value = self._error().get("body")
+        return value if isinstance(value, str) else None
+
+    @property
     def status_code(self) -> int | None:
         value = self._error().get("status_code")
         return value if type(value) is int else None

@@ -110,7 +110,12 @@ class _Run:
     ) -> RunReport:
         """Run every task; a write to OUTDIR that fails stops the run as `Aborted`
         (exit 3) naming the file, after everything that could be written was."""
-        writer = ResultWriter(self.paths, self.state, secret=secret)
+        writer = ResultWriter(
+            self.paths,
+            self.state,
+            secret=secret,
+            batch_output=self.config.output_format is not None,
+        )
         try:
             sent_log = SentLog(self.paths, on_error=self._stop_writing)
         except Aborted:

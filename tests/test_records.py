@@ -40,7 +40,7 @@ JSON = st.recursive(
     max_leaves=20,
 )
 FIELD_NAMES = ["index", "line", "custom_id", "status", "response", "error", "attempts"]
-FIELD_NAMES += ["latency_ms", "ttft_ms", "type", "message", "retryable", "status_code"]
+FIELD_NAMES += ["latency_ms", "ttft_ms", "type", "message", "body", "retryable", "status_code"]
 FIELD_NAMES += ["allowance", "usage", "model", "prompt_tokens", "completion_tokens"]
 FIELD_NAMES += ["total_tokens", "ok", "schema_attempts"]
 # Objects keyed by record field names, so wrong types reach every field, nested ones too.
@@ -60,6 +60,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "response": (dict,),
     "error_type": (str,),
     "error_message": (str,),
+    "error_body": (str,),
     "retryable": (bool,),
     "status_code": (int,),
     "allowance": (str,),
