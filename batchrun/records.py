@@ -68,10 +68,12 @@ def ok_record(
     ttft_ms: float | None = None,
     parsed: Any = None,
     schema_attempts: int | None = None,
+    discarded_usage: dict[str, int] | None = None,
 ) -> Completed:
     """`parsed` (the content as JSON, which may be null) and `schema_attempts` (replies
     checked) are kept only for a line that asked for structured output, which is what
-    a `schema_attempts` tells."""
+    a `schema_attempts` tells; `discarded_usage` sums the usage of replies refused for
+    not fitting its response_format (paid for, not kept)."""
     record: dict[str, Any] = {
         "index": request.index,
         "line": request.line,
@@ -86,6 +88,8 @@ def ok_record(
     if schema_attempts is not None:
         record["parsed"] = parsed
         record["schema_attempts"] = schema_attempts
+    if discarded_usage is not None:
+        record["discarded_usage"] = discarded_usage
     return Completed(request.index, orjson.dumps(record), failed=False)
 
 
@@ -96,6 +100,7 @@ def error_record(
     attempts: int,
     latency_ms: float | None = None,
     schema_attempts: int | None = None,
+    discarded_usage: dict[str, int] | None = None,
 ) -> Completed:
     record: dict[str, Any] = {
         "index": line.index,
@@ -109,6 +114,8 @@ def error_record(
         record["latency_ms"] = round(latency_ms, 2)
     if schema_attempts is not None:
         record["schema_attempts"] = schema_attempts
+    if discarded_usage is not None:
+        record["discarded_usage"] = discarded_usage
     return Completed(line.index, orjson.dumps(record), failed=True)
 
 
@@ -248,6 +255,13 @@ class Record:
     @property
     def total_tokens(self) -> int | None:
         value = self._usage().get("total_tokens")
+        return value if type(value) is int and value >= 0 else None
+
+    @property
+    def discarded_tokens(self) -> int | None:
+        """Total tokens of the replies refused for not fitting the response_format."""
+        usage = self.data.get("discarded_usage")
+        value = usage.get("total_tokens") if isinstance(usage, dict) else None
         return value if type(value) is int and value >= 0 else None
 
     def _error(self) -> dict[str, Any]:

@@ -44,7 +44,10 @@ Span = tuple[int, int]  # (offset, length) of one record in journal.jsonl
 PERCENTILES = (50, 90, 99)
 TOKEN_KEYS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 MIN_DECODE_MS = 50.0
-STRUCTURED_KEYS = ("lines_checked", "parsed_ok", "violations_reasked", "violations_recorded")
+STRUCTURED_KEYS = (
+    *("lines_checked", "parsed_ok", "violations_reasked", "violations_recorded"),
+    "discarded_tokens",  # usage of the refused replies: paid for, in no `tokens` figure
+)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Totals:
         counts = self.structured
         counts["lines_checked"] += 1
         counts["violations_reasked"] += max(0, schema_attempts - 1)
+        counts["discarded_tokens"] += record.discarded_tokens or 0
         if record.status == "ok":
             counts["parsed_ok"] += 1
         elif record.error_type == "schema_violation":

@@ -113,7 +113,8 @@ class Worker:
             schema.check(reply)
         except SchemaViolation:
             self.stops.succeeded()  # the server answered: no auth or connection streak
-            schema.discarded_tokens += self._count_usage(reply)
+            self._count_usage(reply)
+            schema.discard(reply.response.get("usage"))
             if schema.asks > self.schema_retries:
                 raise
             return False
@@ -130,7 +131,7 @@ class Worker:
         self.stops.succeeded()
         self.stats.ok += 1
         tokens = self._count_usage(reply)
-        spent = tokens if schema is None else tokens + schema.discarded_tokens
+        spent = tokens if schema is None else tokens + schema.discarded["total_tokens"]
         self._guard(self.guards.completed(request.tokens, spent, failed=False))
         ttft = None if reply.ttft_s is None else reply.ttft_s * 1000
         latency = (time.perf_counter() - started) * 1000
@@ -146,6 +147,7 @@ class Worker:
             ttft_ms=ttft,
             parsed=schema.parsed,
             schema_attempts=schema.asks,
+            discarded_usage=schema.discarded_usage(),
         )
 
     def _count_usage(self, reply: Reply) -> int:
@@ -169,12 +171,18 @@ class Worker:
     ) -> Completed:
         self.stats.failed += 1
         self._guard(self.stops.failed(error))
-        spent = 0 if schema is None else schema.discarded_tokens
+        spent = 0 if schema is None else schema.discarded["total_tokens"]
         self._guard(self.guards.completed(request.tokens, spent, failed=True))
         latency = (time.perf_counter() - started) * 1000 if started else None
-        asks = None if schema is None else schema.asks
+        if schema is None:
+            return error_record(request, error, attempts=attempts, latency_ms=latency)
         return error_record(
-            request, error, attempts=attempts, latency_ms=latency, schema_attempts=asks
+            request,
+            error,
+            attempts=attempts,
+            latency_ms=latency,
+            schema_attempts=schema.asks,
+            discarded_usage=schema.discarded_usage(),
         )
 
     def _guard(self, stop: Stop | None) -> None:
@@ -182,21 +190,35 @@ class Worker:
             self.on_stop(stop)
 
 
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
 class _Conformance:
     """One line's structured-output checks: replies checked, the parsed content of the
-    one that conformed, the tokens of those that did not (paid for all the same)."""
+    one that conformed, the usage of those that did not (paid for all the same)."""
 
-    __slots__ = ("asks", "checker", "discarded_tokens", "parsed")
+    __slots__ = ("asks", "checker", "discarded", "parsed", "refused")
 
     def __init__(self, checker: OutputChecker) -> None:
         self.checker = checker
         self.asks = 0
         self.parsed: Any = None
-        self.discarded_tokens = 0
+        self.discarded = dict.fromkeys(USAGE_KEYS, 0)
+        self.refused = 0
 
     def check(self, reply: Reply) -> None:
         self.asks += 1
         self.parsed = self.checker.check_reply(reply.response)
+
+    def discard(self, usage: object) -> None:
+        self.refused += 1
+        if isinstance(usage, dict):
+            for key in USAGE_KEYS:
+                self.discarded[key] += _count(usage.get(key))
+
+    def discarded_usage(self) -> dict[str, int] | None:
+        """The refused replies' usage, for the record; None when none was refused."""
+        return self.discarded if self.refused else None
 
 
 def _count(value: object) -> int:

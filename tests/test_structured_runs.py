@@ -80,7 +80,9 @@ async def test_conforming_replies_carry_parsed(mock_server: Factory, tmp_path: P
         "parsed_ok": 6,
         "violations_reasked": 0,
         "violations_recorded": 0,
+        "discarded_tokens": 0,
     }
+    assert not any("discarded_usage" in record for record in records)
 
 
 @pytest.mark.anyio
@@ -98,7 +100,15 @@ async def test_a_violation_is_asked_again_then_ok(
     assert (flaky["schema_attempts"], flaky["attempts"]) == (3, 3)
     assert [r["schema_attempts"] for r in (records[0], records[2])] == [1, 1]
     assert len(read_jsonl(log)) == 5
+    # The two refused replies were paid for: their usage is kept apart from `tokens`,
+    # which sums the kept replies.
+    discarded = flaky["discarded_usage"]
+    assert discarded["total_tokens"] > 0
+    assert discarded["total_tokens"] == discarded["prompt_tokens"] + discarded["completion_tokens"]
     summary = report.summary
+    assert summary["structured"]["discarded_tokens"] == discarded["total_tokens"]
+    kept = summary["tokens"]["total_tokens"]
+    assert kept == sum(r["response"]["usage"]["total_tokens"] for r in records)
     assert summary["structured"]["violations_reasked"] == 2
     assert summary["structured"]["violations_recorded"] == 0
     assert summary["attempts"] == {"total": 5, "retries": 0}
@@ -134,12 +144,14 @@ async def test_a_violation_is_recorded_after_schema_retries(
     assert "parsed" not in failed
     errors = read_jsonl(tmp_path / "out" / "errors.jsonl")
     assert [e["index"] for e in errors] == [1]
+    assert failed["discarded_usage"]["total_tokens"] > 0  # both refused replies
     structured = report.summary["structured"]
     assert structured == {
         "lines_checked": 2,
         "parsed_ok": 1,
         "violations_reasked": 1,
         "violations_recorded": 1,
+        "discarded_tokens": failed["discarded_usage"]["total_tokens"],
     }
     assert report.summary["counts"]["errors_by_type"] == {"schema_violation": 1}
 
