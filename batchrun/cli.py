@@ -58,6 +58,7 @@ RESUME_FLAGS = (
     ("mock", "--mock"),
     ("no_api_key", "--no-api-key"),
     ("allow_insecure_http", "--allow-insecure-http"),
+    ("output_format", "--output-format"),  # else the resumed run stops writing it
 )
 
 

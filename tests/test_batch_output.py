@@ -241,3 +241,16 @@ def test_any_stored_record_translates_to_the_shape(record: dict[str, Any]) -> No
         assert isinstance(line["response"]["status_code"], int)
         assert isinstance(line["response"]["body"], dict)
     assert batch_line(b"[1, 2]").endswith(b"\n")
+
+
+def test_the_suggested_rerun_keeps_writing_it(mock_server: Factory, tmp_path: Path) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(0), chat_request(1, fault="500")])
+    out = tmp_path / "out"
+    args = ["run", str(path), "-o", str(out), "--base-url", server.url, "--max-attempts", "1"]
+    result = CliRunner(env={"MISTRAL_API_KEY": "k"}).invoke(
+        main, [*args, "--output-format", "mistral-batch"]
+    )
+    assert result.exit_code == 2, result.output
+    command = f"run {path} -o {out} --base-url {server.url} --output-format mistral-batch"
+    assert f"can be re-sent: batchrun {command} --retry-failed" in result.output

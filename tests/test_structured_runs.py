@@ -117,6 +117,17 @@ async def test_a_violation_is_asked_again_then_ok(
 
 
 @pytest.mark.anyio
+async def test_streamed_replies_are_checked_too(mock_server: Factory, tmp_path: Path) -> None:
+    lines = [labelled(0), labelled(1, "not_json", times=1)]
+    report, records = await run(mock_server(), tmp_path, lines, stream=True)
+    assert report.exit_code == 0
+    assert [r["schema_attempts"] for r in records] == [1, 2]
+    assert all(
+        "ttft_ms" in r and Draft202012Validator(LABELS).is_valid(r["parsed"]) for r in records
+    )
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("fault", "message", "path"),
     [
