@@ -28,6 +28,7 @@ from .checkfile import check_file
 from .config import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
+    OUTPUT_FORMATS,
     Guards,
     Pace,
     RetryConfig,
@@ -60,6 +61,7 @@ RESUME_FLAGS = (
     ("no_api_key", "--no-api-key"),
     ("allow_insecure_http", "--allow-insecure-http"),
     ("prices_file", "--prices"),  # not needed to resume, but the costs would change
+    ("output_format", "--output-format"),  # else the resumed run stops writing it
 )
 
 
@@ -312,6 +314,21 @@ def main() -> None:
     help="Seconds in-flight requests get to finish after Ctrl-C.",
 )
 @click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to non-loopback hosts.")
+@click.option(
+    "--schema-retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Ask again this many times when a reply does not fit the line's response_format "
+    "(json_schema or json_object) before recording schema_violation; counted apart from "
+    "--max-attempts.",
+)
+@click.option(
+    "--output-format",
+    type=click.Choice(OUTPUT_FORMATS),
+    help="Also write OUTDIR/batch_output.jsonl: one line per record, in input order, in "
+    "this provider's batch output shape (custom_id, response, error).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout at the end.")
 @click.option(
@@ -352,6 +369,8 @@ def run(
     max_line_bytes: int,
     grace_period: float,
     allow_insecure_http: bool,
+    schema_retries: int,
+    output_format: str | None,
     quiet: bool,
     as_json: bool,
     prices_file: Path | None,
@@ -415,6 +434,8 @@ def run(
                     max_cost=max_cost,
                 ),
                 prices_file=prices_file,
+                schema_retries=schema_retries,
+                output_format=output_format,
             )
 
         report = _run_or_exit(err, api_key, config, show_progress=not quiet)

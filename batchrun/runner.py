@@ -127,7 +127,12 @@ class _Run:
     ) -> RunReport:
         """Run every task; a write to OUTDIR that fails stops the run as `Aborted`
         (exit 3) naming the file, after everything that could be written was."""
-        writer = ResultWriter(self.paths, self.state, secret=secret)
+        writer = ResultWriter(
+            self.paths,
+            self.state,
+            secret=secret,
+            batch_output=self.config.output_format is not None,
+        )
         try:
             sent_log = SentLog(self.paths, self.scan.requests)
         except Aborted:
@@ -223,6 +228,7 @@ class _Run:
             guards=self.guards,
             on_stop=self._stop,
             sent_log=sent_log,
+            schema_retries=self.config.schema_retries,
         )
         with self._work_scope:
             async with anyio.create_task_group() as work, work_recv:
