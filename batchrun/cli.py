@@ -31,6 +31,7 @@ from .cli_base import CONTEXT, Group
 from .config import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
+    OUTPUT_FORMATS,
     Guards,
     Pace,
     RetryConfig,
@@ -61,6 +62,7 @@ RESUME_FLAGS = (
     ("no_api_key", "--no-api-key"),
     ("allow_insecure_http", "--allow-insecure-http"),
     ("prices_file", "--prices"),  # not needed to resume, but the costs would change
+    ("output_format", "--output-format"),  # else the resumed run stops writing it
 )
 
 
@@ -270,6 +272,21 @@ def main() -> None:
     help="Seconds in-flight requests get to finish after Ctrl-C.",
 )
 @click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to non-loopback hosts.")
+@click.option(
+    "--schema-retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Ask again this many times when a reply does not fit the line's response_format "
+    "(json_schema or json_object) before recording schema_violation; counted apart from "
+    "--max-attempts.",
+)
+@click.option(
+    "--output-format",
+    type=click.Choice(OUTPUT_FORMATS),
+    help="Also write OUTDIR/batch_output.jsonl: one line per record, in input order, in "
+    "this provider's batch output shape (custom_id, response, error).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout at the end.")
 @click.option(
@@ -320,6 +337,8 @@ def run(
     max_line_bytes: int,
     grace_period: float,
     allow_insecure_http: bool,
+    schema_retries: int,
+    output_format: str | None,
     quiet: bool,
     as_json: bool,
     prices_file: Path | None,
@@ -385,6 +404,8 @@ def run(
                     max_cost=max_cost,
                 ),
                 prices_file=prices_file,
+                schema_retries=schema_retries,
+                output_format=output_format,
                 cache_dir=_cache_dir(cache_dir),
                 cache_server=MOCK_CACHE_SERVER if mock_url else None,
             )

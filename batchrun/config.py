@@ -22,6 +22,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "OUTPUT_FORMATS",
     "Guards",
     "Pace",
     "RetryConfig",
@@ -34,6 +35,8 @@ DEFAULT_BASE_URL = "https://api.mistral.ai"
 DEFAULT_API_KEY_ENV = "MISTRAL_API_KEY"
 CHAT_PATH = "/v1/chat/completions"
 MIB = 1024 * 1024
+# Provider batch output shapes a run can also write (batch_output.py).
+OUTPUT_FORMATS = ("openai-batch", "mistral-batch")
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,10 @@ class RunConfig:
     # --prices FILE (prices.load_prices). Not request settings: a resume may change them.
     prices_file: Path | None = None
     price_overrides: Mapping[str, Any] | None = None
+    # A reply that does not fit the line's response_format is asked again this many
+    # times before the line is recorded as schema_violation (not transport retries).
+    schema_retries: int = 2
+    output_format: str | None = None  # also write OUTDIR/batch_output.jsonl in this shape
     # The request cache's directory (cache.py), None: no cache. Not a request setting:
     # a resume may turn it on or off, what is sent stays the same.
     cache_dir: Path | None = None
@@ -185,6 +192,13 @@ class RunConfig:
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"--limit must be >= 0, got {self.limit}")
         check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
+        if self.schema_retries < 0:
+            raise ConfigError(f"--schema-retries must be >= 0, got {self.schema_retries}")
+        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
+            raise ConfigError(
+                f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, "
+                f"got {self.output_format!r}"
+            )
 
     @property
     def endpoint(self) -> str:

@@ -73,6 +73,11 @@ class Paths:
         return self.outdir / "summary.json"
 
     @property
+    def batch_output(self) -> Path:
+        """results.jsonl in a provider's batch output shape (--output-format)."""
+        return self.outdir / "batch_output.jsonl"
+
+    @property
     def sent(self) -> Path:
         return self.outdir / "sent.log"
 
@@ -92,7 +97,10 @@ class Paths:
         return self.outdir / "input.jsonl"
 
     def state_files(self) -> tuple[Path, ...]:
-        return (self.manifest, self.journal, self.results, self.errors, self.summary, self.sent)
+        return (
+            *(self.manifest, self.journal, self.results, self.errors, self.summary, self.sent),
+            self.batch_output,
+        )
 
     def outputs(self) -> tuple[Path, ...]:
         """Files a run writes into; an input must never be one of them."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
@@ -24,6 +24,9 @@ from .errors import ConfigError, InputError, InvalidInput
 from .limits import estimate_prompt_tokens, max_completion_tokens
 from .records import BadLine, Request
 from .validate import validate_body
+
+if TYPE_CHECKING:
+    from .structured import CheckerCache, OutputChecker
 
 __all__ = [
     "InputFormat",
@@ -274,6 +277,7 @@ class LineParser:
         self.defaulted = 0  # lines that took default_model
         self.force_stream = force_stream
         self.warnings: dict[str, list[int]] = {}  # warning -> [count, first line]
+        self.checkers: CheckerCache | None = None  # made for the first response_format
 
     def parse(self, raw: RawLine, index: int) -> Request | BadLine:
         custom_id: str | None = None
@@ -288,16 +292,31 @@ class LineParser:
             changed = self._complete(body)
             for warning in validate_body(body):
                 self._warn(warning, raw.number)
+            # One lookup for a line without response_format; a bad schema is this
+            # line's invalid_input, found before anything is sent.
+            response_format = body.get("response_format")
+            checker = None if response_format is None else self._checker(response_format)
         except InvalidInput as exc:
             return BadLine(index, raw.number, custom_id, exc.at_line(raw.number))
         payload = raw.data if self.format is InputFormat.PLAIN and not changed else _dumps(body)
         stream = body.get("stream") is True
         model = body["model"]  # validated: a non-empty string
         if not self.estimate:
-            return Request(index, raw.number, custom_id, payload, stream, 0, model)
+            return Request(index, raw.number, custom_id, payload, stream, 0, model, 0, checker)
         completion = max_completion_tokens(body)
         tokens = estimate_prompt_tokens(body) + completion
-        return Request(index, raw.number, custom_id, payload, stream, tokens, model, completion)
+        return Request(
+            index, raw.number, custom_id, payload, stream, tokens, model, completion, checker
+        )
+
+    def _checker(self, response_format: object) -> OutputChecker | None:
+        if self.checkers is None:
+            # Imported here: structured.py loads jsonschema, which a run without
+            # structured output never needs.
+            from .structured import CheckerCache  # noqa: PLC0415
+
+            self.checkers = CheckerCache()
+        return self.checkers.get(response_format)
 
     def _unwrap(self, obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         found = detect_format(obj)

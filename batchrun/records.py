@@ -9,11 +9,14 @@ a record.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from .errors import InvalidInput, RequestFailed
+
+if TYPE_CHECKING:  # structured.py loads jsonschema; a plain run never needs it
+    from .structured import OutputChecker
 
 Status = Literal["ok", "error"]
 
@@ -37,6 +40,8 @@ class Request:
     tokens: int = 0  # estimated cost, for a tokens-per-minute pace (0 when none is set)
     model: str | None = None  # the model it is sent to (for prices)
     max_completion: int = 0  # the completion tokens `tokens` counts (0 when not estimated)
+    # The body's response_format as a checker of the reply (None: nothing to check).
+    checker: OutputChecker | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +68,16 @@ def ok_record(
     attempts: int,
     latency_ms: float,
     ttft_ms: float | None = None,
+    parsed: Any = None,
+    schema_attempts: int | None = None,
+    discarded_usage: dict[str, int] | None = None,
     cached: bool = False,
 ) -> Completed:
-    """`cached`: the reply came from the request cache, not from a request (the record
-    says `"cached": true`; the field is absent otherwise)."""
+    """`parsed` (the content as JSON, which may be null) and `schema_attempts` (replies
+    checked) are kept only for a line that asked for structured output, which is what
+    a `schema_attempts` tells; `discarded_usage` sums the usage of replies refused for
+    not fitting its response_format (paid for, not kept). `cached`: the reply came from
+    the request cache, not from a request (`"cached": true`; absent otherwise)."""
     record: dict[str, Any] = {
         "index": request.index,
         "line": request.line,
@@ -78,6 +89,11 @@ def ok_record(
     }
     if ttft_ms is not None:
         record["ttft_ms"] = round(ttft_ms, 2)
+    if schema_attempts is not None:
+        record["parsed"] = parsed
+        record["schema_attempts"] = schema_attempts
+    if discarded_usage is not None:
+        record["discarded_usage"] = discarded_usage
     if cached:
         record["cached"] = True
     return Completed(request.index, orjson.dumps(record), failed=False)
@@ -89,6 +105,8 @@ def error_record(
     *,
     attempts: int,
     latency_ms: float | None = None,
+    schema_attempts: int | None = None,
+    discarded_usage: dict[str, int] | None = None,
 ) -> Completed:
     record: dict[str, Any] = {
         "index": line.index,
@@ -100,6 +118,10 @@ def error_record(
     }
     if latency_ms is not None:
         record["latency_ms"] = round(latency_ms, 2)
+    if schema_attempts is not None:
+        record["schema_attempts"] = schema_attempts
+    if discarded_usage is not None:
+        record["discarded_usage"] = discarded_usage
     return Completed(line.index, orjson.dumps(record), failed=True)
 
 
@@ -174,6 +196,12 @@ class Record:
         return value if type(value) is int and value >= 0 else None
 
     @property
+    def schema_attempts(self) -> int | None:
+        """Replies checked against the line's response_format; None: it asked for none."""
+        value = self.data.get("schema_attempts")
+        return value if type(value) is int and value >= 0 else None
+
+    @property
     def latency_ms(self) -> float | None:
         value = self.data.get("latency_ms")
         return value if type(value) is float or type(value) is int else None
@@ -204,6 +232,12 @@ class Record:
         return value if isinstance(value, bool) else None
 
     @property
+    def error_body(self) -> str | None:
+        """The first 2 KB of an HTTP error's body, as text."""
+        value = self._error().get("body")
+        return value if isinstance(value, str) else None
+
+    @property
     def status_code(self) -> int | None:
         value = self._error().get("status_code")
         return value if type(value) is int else None
@@ -232,6 +266,13 @@ class Record:
     @property
     def total_tokens(self) -> int | None:
         value = self._usage().get("total_tokens")
+        return value if type(value) is int and value >= 0 else None
+
+    @property
+    def discarded_tokens(self) -> int | None:
+        """Total tokens of the replies refused for not fitting the response_format."""
+        usage = self.data.get("discarded_usage")
+        value = usage.get("total_tokens") if isinstance(usage, dict) else None
         return value if type(value) is int and value >= 0 else None
 
     def _error(self) -> dict[str, Any]:

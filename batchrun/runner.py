@@ -143,9 +143,14 @@ class _Run:
     ) -> RunReport:
         """Run every task; a write to OUTDIR that fails stops the run as `Aborted`
         (exit 3) naming the file, after everything that could be written was."""
-        writer = ResultWriter(self.paths, self.state, secret=secret)
+        writer = ResultWriter(
+            self.paths,
+            self.state,
+            secret=secret,
+            batch_output=self.config.output_format is not None,
+        )
         try:
-            sent_log = SentLog(self.paths, on_error=self._stop_writing)
+            sent_log = SentLog(self.paths, self.scan.requests)
         except Aborted:
             writer.close()
             raise
@@ -239,6 +244,7 @@ class _Run:
             guards=self.guards,
             on_stop=self._stop,
             sent_log=sent_log,
+            schema_retries=self.config.schema_retries,
             cache=self.cache,
         )
         # Outside the work scope: the cache's stores in the background finish even when

@@ -17,6 +17,7 @@ Decisions, for replies the API reference leaves open:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -27,9 +28,9 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import Draft7Validator, Draft202012Validator, validator_for
 from referencing.exceptions import Unresolvable
 
-from .errors import ConfigError, SchemaViolation
+from .errors import ConfigError, InvalidInput, SchemaViolation
 
-__all__ = ["OutputChecker", "output_checker"]
+__all__ = ["CheckerCache", "OutputChecker", "output_checker"]
 
 MESSAGE_CHARS = 300  # a violation quotes the value; a 1 MB value must not fill the record
 # Keywords whose values are data, not subschemas: a `$ref` key inside them is no reference.
@@ -99,6 +100,57 @@ def output_checker(response_format: object) -> OutputChecker | None:
     if not isinstance(schema, dict):
         raise ConfigError("response_format.json_schema.schema must be an object (a JSON Schema)")
     return OutputChecker(kind, _compile(schema))
+
+
+class CheckerCache:
+    """`output_checker` once per distinct `response_format` of a request file: 20,000
+    lines sharing one schema compile it once. Keyed by the format's canonical JSON
+    (sorted keys), bounded (least recently used goes first), and a format that cannot
+    be compiled is remembered too, so each of its lines is refused without recompiling.
+
+    A request file may give each line its own format, so a bad one is that line's
+    `InvalidInput` (the run goes on), not a ConfigError for the whole run."""
+
+    __slots__ = ("_entries", "_size", "compiled")
+
+    def __init__(self, size: int = 64) -> None:
+        # A bad format is kept as its (reason, field), not as an exception: a raised
+        # instance would hold the traceback of the line that first met it.
+        self._entries: OrderedDict[bytes, OutputChecker | tuple[str, str] | None] = OrderedDict()
+        self._size = size
+        self.compiled = 0  # output_checker calls: what the cache saves is countable
+
+    def get(self, response_format: object) -> OutputChecker | None:
+        """The checker for this format (None: nothing to check); InvalidInput naming
+        the problem when the format cannot be compiled."""
+        key = orjson.dumps(response_format, option=orjson.OPT_SORT_KEYS)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            entry = self._entries[key]
+        else:
+            entry = self._entries[key] = self._compile(response_format)
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        if isinstance(entry, tuple):
+            reason, field = entry
+            raise InvalidInput(reason, field=field)
+        return entry
+
+    def _compile(self, response_format: object) -> OutputChecker | tuple[str, str] | None:
+        self.compiled += 1
+        try:
+            return output_checker(response_format)
+        except ConfigError as exc:
+            return _invalid_format(str(exc))
+
+
+def _invalid_format(message: str) -> tuple[str, str]:
+    """A ConfigError's message as a line's (reason, field): its leading field path, if
+    it has one, becomes the field."""
+    head, sep, reason = message.partition(": ")
+    if sep and head.startswith("response_format"):
+        return reason, head
+    return message, "response_format.json_schema.schema"
 
 
 def _compile(schema: dict[str, Any]) -> Validator:

@@ -55,6 +55,10 @@ Span = tuple[int, int]  # (offset, length) of one record in journal.jsonl
 PERCENTILES = (50, 90, 99)
 TOKEN_KEYS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 MIN_DECODE_MS = 50.0
+STRUCTURED_KEYS = (
+    *("lines_checked", "parsed_ok", "violations_reasked", "violations_recorded"),
+    "discarded_tokens",  # usage of the refused replies: paid for, in no `tokens` figure
+)
 NO_TOKENS = Tokens(0, 0)
 
 
@@ -71,6 +75,7 @@ class Totals:
     latencies_ms: list[float] = field(default_factory=list)
     ttfts_ms: list[float] = field(default_factory=list)
     decode_tokens_per_s: list[float] = field(default_factory=list)
+    structured: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STRUCTURED_KEYS, 0))
     cached: int = 0  # ok records answered from the request cache
     cached_tokens_by_model: dict[str, Tokens] = field(default_factory=dict)
 
@@ -80,12 +85,27 @@ class Totals:
         attempts = record.attempts or 0
         self.attempts += attempts
         self.retries += attempts - 1 if attempts > 1 else 0
+        schema_attempts = record.schema_attempts
+        if schema_attempts is not None:
+            self._add_structured(record, schema_attempts)
         if record.status == "ok":
             self._add_ok(record)
         else:
             self.failed += 1
             kind = record.error_type
             self.error_types[kind if kind is not None else "unknown"] += 1
+
+    def _add_structured(self, record: Record, schema_attempts: int) -> None:
+        """A line that asked for structured output: every reply after the first was a
+        re-ask for a violation; the line ended parsed, as a violation, or otherwise."""
+        counts = self.structured
+        counts["lines_checked"] += 1
+        counts["violations_reasked"] += max(0, schema_attempts - 1)
+        counts["discarded_tokens"] += record.discarded_tokens or 0
+        if record.status == "ok":
+            counts["parsed_ok"] += 1
+        elif record.error_type == "schema_violation":
+            counts["violations_recorded"] += 1
 
     def _add_ok(self, record: Record) -> None:
         self.ok += 1
@@ -227,13 +247,18 @@ def build_summary(
             "not_done": requests - done,
             "errors_by_type": dict(sorted(totals.error_types.items())),
         },
-        "attempts": {"total": totals.attempts, "retries": totals.retries},
+        # Schema re-asks are attempts too, but no transport retries: counted apart.
+        "attempts": {
+            "total": totals.attempts,
+            "retries": max(0, totals.retries - totals.structured["violations_reasked"]),
+        },
         "tokens": totals.token_totals(),
         "tokens_by_model": totals.tokens_by_model,
         "cost": cost_section(totals, prices),
         "latency_ms": percentiles(totals.latencies_ms),
         "ttft_ms": percentiles(totals.ttfts_ms),
         "decode_tokens_per_s": percentiles(totals.decode_tokens_per_s),
+        "structured": totals.structured,
         "session": {
             "started_at": session.started_at,
             "finished_at": session.finished_at,

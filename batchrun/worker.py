@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .cache_run import RunCache
 from .client import ChatClient, Reply
-from .errors import RequestFailed
+from .errors import RequestFailed, SchemaViolation
 from .flow import FlowControl
 from .journal import SentLog
 from .progress import LiveStats
 from .records import Completed, Request, error_record, ok_record
 from .retry import RetryPolicy
 from .stops import GuardRules, Stop, StopRules
+
+if TYPE_CHECKING:  # structured.py loads jsonschema, which plain runs never need
+    from .structured import OutputChecker
 
 __all__ = ["Worker"]
 
@@ -37,6 +40,7 @@ class Worker:
         guards: GuardRules,
         on_stop: Callable[[Stop], None],
         sent_log: SentLog,
+        schema_retries: int = 2,
         cache: RunCache | None = None,
     ) -> None:
         self.client = client
@@ -47,6 +51,7 @@ class Worker:
         self.guards = guards
         self.on_stop = on_stop
         self.sent_log = sent_log
+        self.schema_retries = schema_retries
         self.cache = cache
 
     async def run(
@@ -72,11 +77,12 @@ class Worker:
         if self.cache is not None:
             looked_up = time.perf_counter()
             key, cached = self.cache.lookup(request)
-            if cached is not None:
-                return self._answered(request, cached, looked_up)
+            if cached is not None and (hit := self._answered(request, cached, looked_up)):
+                return hit
         self.sent_log.mark(request.index)
         stats, flow, client = self.stats, self.flow, self.client
         attempts = 0
+        first = 1  # this ask's first attempt: a schema re-ask is no transport retry
         started = 0.0
 
         async def attempt() -> Reply:
@@ -84,7 +90,7 @@ class Worker:
             reservation = await flow.admit(request.tokens)
             attempts += 1
             stats.sent += 1
-            stats.retries += attempts > 1
+            stats.retries += attempts > first
             started = time.perf_counter()
             try:
                 reply = await client.complete(request.payload, stream=request.stream)
@@ -97,62 +103,167 @@ class Worker:
             flow.succeeded(reservation, reply)
             return reply
 
+        schema = None if request.checker is None else _Conformance(request.checker)
         stats.in_flight += 1
         try:
             reply = await self.policy.call(attempt)
+            while schema is not None and not self._conforms(schema, reply):
+                first = attempts + 1
+                reply = await self.policy.call(attempt)
         except RequestFailed as exc:
-            return self._failed(request, exc, attempts, started)
+            return self._failed(request, exc, attempts, started, schema)
         finally:
             stats.in_flight -= 1
-        completed = self._succeeded(request, reply, attempts, started)
-        # Stored only once it made an ok record: errors are never cached.
+        completed = self._succeeded(request, reply, attempts, started, schema)
+        # Stored only once it made an ok record: errors (off-schema replies too) never are.
         if key is not None and not completed.failed:
             assert self.cache is not None
             await self.cache.keep(key, reply.response)
         return completed
 
-    def _answered(self, request: Request, response: dict[str, Any], started: float) -> Completed:
+    def _answered(
+        self, request: Request, response: dict[str, Any], started: float
+    ) -> Completed | None:
         """A cache hit: an ok record without a request, so flow control, the retry
         policy and the stop rules never hear of it; the guards get its estimates back.
         A streamed request may be answered by a non-streamed reply (the key ignores
-        `stream`): its record has no ttft_ms."""
+        `stream`): its record has no ttft_ms. A line with a response_format gets
+        `parsed` like a fresh reply (one reply checked); a stored reply that no longer
+        fits it (its schema is in the key, so only a changed checker could do that) is
+        no answer: None, and the line is sent."""
+        parsed, checked = None, None
+        if request.checker is not None:
+            try:
+                parsed, checked = request.checker.check_reply(response), 1
+            except SchemaViolation:
+                return None
         self.guards.released(request)
         self.stats.ok += 1
         self.stats.cached += 1
         latency = (time.perf_counter() - started) * 1000
-        return ok_record(request, response, attempts=0, latency_ms=latency, cached=True)
-
-    def _succeeded(
-        self, request: Request, reply: Reply, attempts: int, started: float
-    ) -> Completed:
-        self.stops.succeeded()
-        stats = self.stats
-        stats.ok += 1
-        usage = reply.response.get("usage")
-        tokens = 0
-        if isinstance(usage, dict):
-            stats.completion_tokens += _count(usage.get("completion_tokens"))
-            tokens = _count(usage.get("total_tokens"))
-            stats.total_tokens += tokens
-        self._guard(self.guards.completed(request.tokens, tokens, failed=False))
-        ttft = None if reply.ttft_s is None else reply.ttft_s * 1000
-        latency = (time.perf_counter() - started) * 1000
         return ok_record(
-            request, reply.response, attempts=attempts, latency_ms=latency, ttft_ms=ttft
+            request,
+            response,
+            attempts=0,
+            latency_ms=latency,
+            parsed=parsed,
+            schema_attempts=checked,
+            cached=True,
         )
 
+    def _conforms(self, schema: _Conformance, reply: Reply) -> bool:
+        """Check a reply against the line's response_format: True when it conforms,
+        False when it is worth asking again; the last violation is raised."""
+        try:
+            schema.check(reply)
+        except SchemaViolation:
+            self.stops.succeeded()  # the server answered: no auth or connection streak
+            self._count_usage(reply)
+            schema.discard(reply.response.get("usage"))
+            if schema.asks > self.schema_retries:
+                raise
+            return False
+        return True
+
+    def _succeeded(
+        self,
+        request: Request,
+        reply: Reply,
+        attempts: int,
+        started: float,
+        schema: _Conformance | None = None,
+    ) -> Completed:
+        self.stops.succeeded()
+        self.stats.ok += 1
+        tokens = self._count_usage(reply)
+        spent = tokens if schema is None else tokens + schema.discarded["total_tokens"]
+        self._guard(self.guards.completed(request.tokens, spent, failed=False))
+        ttft = None if reply.ttft_s is None else reply.ttft_s * 1000
+        latency = (time.perf_counter() - started) * 1000
+        if schema is None:
+            return ok_record(
+                request, reply.response, attempts=attempts, latency_ms=latency, ttft_ms=ttft
+            )
+        return ok_record(
+            request,
+            reply.response,
+            attempts=attempts,
+            latency_ms=latency,
+            ttft_ms=ttft,
+            parsed=schema.parsed,
+            schema_attempts=schema.asks,
+            discarded_usage=schema.discarded_usage(),
+        )
+
+    def _count_usage(self, reply: Reply) -> int:
+        """Add a reply's usage to the live counters; its total tokens."""
+        usage = reply.response.get("usage")
+        if not isinstance(usage, dict):
+            return 0
+        stats = self.stats
+        stats.completion_tokens += _count(usage.get("completion_tokens"))
+        tokens = _count(usage.get("total_tokens"))
+        stats.total_tokens += tokens
+        return tokens
+
     def _failed(
-        self, request: Request, error: RequestFailed, attempts: int, started: float
+        self,
+        request: Request,
+        error: RequestFailed,
+        attempts: int,
+        started: float,
+        schema: _Conformance | None = None,
     ) -> Completed:
         self.stats.failed += 1
         self._guard(self.stops.failed(error))
-        self._guard(self.guards.completed(request.tokens, 0, failed=True))
+        spent = 0 if schema is None else schema.discarded["total_tokens"]
+        self._guard(self.guards.completed(request.tokens, spent, failed=True))
         latency = (time.perf_counter() - started) * 1000 if started else None
-        return error_record(request, error, attempts=attempts, latency_ms=latency)
+        if schema is None:
+            return error_record(request, error, attempts=attempts, latency_ms=latency)
+        return error_record(
+            request,
+            error,
+            attempts=attempts,
+            latency_ms=latency,
+            schema_attempts=schema.asks,
+            discarded_usage=schema.discarded_usage(),
+        )
 
     def _guard(self, stop: Stop | None) -> None:
         if stop is not None:
             self.on_stop(stop)
+
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class _Conformance:
+    """One line's structured-output checks: replies checked, the parsed content of the
+    one that conformed, the usage of those that did not (paid for all the same)."""
+
+    __slots__ = ("asks", "checker", "discarded", "parsed", "refused")
+
+    def __init__(self, checker: OutputChecker) -> None:
+        self.checker = checker
+        self.asks = 0
+        self.parsed: Any = None
+        self.discarded = dict.fromkeys(USAGE_KEYS, 0)
+        self.refused = 0
+
+    def check(self, reply: Reply) -> None:
+        self.asks += 1
+        self.parsed = self.checker.check_reply(reply.response)
+
+    def discard(self, usage: object) -> None:
+        self.refused += 1
+        if isinstance(usage, dict):
+            for key in USAGE_KEYS:
+                self.discarded[key] += _count(usage.get(key))
+
+    def discarded_usage(self) -> dict[str, int] | None:
+        """The refused replies' usage, for the record; None when none was refused."""
+        return self.discarded if self.refused else None
 
 
 def _count(value: object) -> int:

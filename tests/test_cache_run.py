@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from jsonl import MODEL, chat_request, read_jsonl, write_jsonl
 
 from batchrun import ConfigError, RetryConfig, RunConfig, RunReport, run_batch
-from batchrun.cache import RequestCache
+from batchrun.cache import RequestCache, cache_key
 from batchrun.cache_cli import cache as cache_group
 from batchrun.cache_run import RunCache
 from batchrun.cli import main
@@ -93,7 +93,7 @@ async def test_a_rerun_into_a_fresh_outdir_sends_nothing_and_repeats_the_replies
     assert [r["response"] for r in after] == [r["response"] for r in before]
     assert all(r["cached"] is True and r["attempts"] == 0 for r in after)
     assert not any("cached" in r for r in before)
-    assert not (tmp_path / "b/sent.log").read_bytes()  # nothing was sent, nothing marked
+    assert not any((tmp_path / "b/sent.log").read_bytes())  # nothing sent, nothing marked
 
 
 @pytest.mark.anyio
@@ -193,6 +193,77 @@ async def test_streamed_and_plain_requests_answer_each_other(
     records = read_jsonl(tmp_path / "c/results.jsonl")
     assert not any("ttft_ms" in r for r in records)
     assert [r["response"] for r in records] == [r["response"] for r in first]
+
+
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "labels",
+        "schema": {
+            "type": "object",
+            "properties": {"label": {"enum": ["pos", "neg"]}},
+            "required": ["label"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def labelled(i: int, fault: str | None = None, times: int | None = None) -> dict[str, Any]:
+    body = chat_request(i, max_tokens=20, response_format=SCHEMA)
+    if fault is not None:
+        body["metadata"] = {"mock": {"fault": fault, **({"times": times} if times else {})}}
+    return body
+
+
+@pytest.mark.anyio
+async def test_structured_hits_carry_parsed_and_off_schema_replies_are_never_stored(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    server = mock_server()
+    lines = [*[labelled(i) for i in range(4)], labelled(7, "schema_violation", times=1)]
+    lines.append(labelled(9, "schema_violation"))  # off-schema every time: recorded as such
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
+    cache = tmp_path / "cache"
+    first = await run(config_for(server, path, tmp_path / "a", cache))
+    assert first.summary["counts"]["errors_by_type"] == {"schema_violation": 1}
+    assert first.summary["cache"]["stored"] == 5  # the re-asked line stored its good reply
+    sent = server.requests_received
+    second = await run(config_for(server, path, tmp_path / "b", cache))
+    assert server.requests_received == sent + 3  # only the off-schema line, asked 3 times
+    before, after = (
+        read_jsonl(tmp_path / "a/results.jsonl"),
+        read_jsonl(tmp_path / "b/results.jsonl"),
+    )
+    for old, new in zip(before[:5], after[:5], strict=True):
+        assert new["cached"] is True and new["response"] == old["response"]
+        assert new["parsed"] == old["parsed"] and isinstance(new["parsed"], dict)
+        assert new["schema_attempts"] == 1
+    assert after[5]["status"] == "error" and "cached" not in after[5]
+    assert second.summary["structured"]["parsed_ok"] == 5
+
+
+@pytest.mark.anyio
+async def test_a_stored_reply_that_does_not_fit_the_schema_is_no_answer(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    """The schema is in the key, so only a changed checker could find a stored reply
+    off-schema; then the line is sent, and its good reply replaces the entry."""
+    server = mock_server()
+    body = labelled(0)
+    path = write_jsonl(tmp_path / "in.jsonl", [body])
+    store = RequestCache.open(tmp_path / "cache")
+    off_schema = {"choices": [{"message": {"role": "assistant", "content": "{}"}}]}
+    key = cache_key(body, server.url + "/v1/chat/completions")
+    assert store.put(key, off_schema)
+    report = await run(config_for(server, path, tmp_path / "out", tmp_path / "cache"))
+    assert report.exit_code == 0
+    assert server.requests_received == 1
+    record = read_jsonl(tmp_path / "out/results.jsonl")[0]
+    assert "cached" not in record and record["parsed"] == orjson.loads(
+        record["response"]["choices"][0]["message"]["content"]
+    )
+    assert store.get(key) == record["response"]
 
 
 @pytest.mark.anyio

@@ -140,7 +140,7 @@ async def test_a_start_over_killed_at_any_step_is_finished_by_the_next_run(
     paths.starting_over.touch()
     files = paths.state_files()
     for file in files[:deleted]:
-        file.unlink()
+        file.unlink(missing_ok=True)  # batch_output.jsonl only with --output-format
     if deleted > len(files):  # the new manifest is in place, the marker not yet gone
         paths.manifest.write_bytes(manifest)
     before = server.requests_received
@@ -391,7 +391,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
 
 def sent_count(out: Path) -> int:
     sent = out / "sent.log"
-    return sent.read_bytes().count(b"\n") if sent.exists() else 0
+    return sent.read_bytes().count(1) if sent.exists() else 0
 
 
 def test_lines_appended_during_the_run_are_not_part_of_it(

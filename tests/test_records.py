@@ -40,9 +40,9 @@ JSON = st.recursive(
     max_leaves=20,
 )
 FIELD_NAMES = ["index", "line", "custom_id", "status", "response", "error", "attempts"]
-FIELD_NAMES += ["latency_ms", "ttft_ms", "type", "message", "retryable", "status_code"]
+FIELD_NAMES += ["latency_ms", "ttft_ms", "type", "message", "body", "retryable", "status_code"]
 FIELD_NAMES += ["allowance", "usage", "model", "prompt_tokens", "completion_tokens"]
-FIELD_NAMES += ["total_tokens", "ok", "cached"]
+FIELD_NAMES += ["total_tokens", "ok", "schema_attempts", "discarded_usage", "cached"]
 # Objects keyed by record field names, so wrong types reach every field, nested ones too.
 RECORDISH = st.recursive(
     SCALARS,
@@ -60,10 +60,13 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "response": (dict,),
     "error_type": (str,),
     "error_message": (str,),
+    "error_body": (str,),
     "retryable": (bool,),
     "status_code": (int,),
     "allowance": (str,),
     "attempts": (int,),
+    "schema_attempts": (int,),
+    "discarded_tokens": (int,),
     "latency_ms": (int, float),
     "ttft_ms": (int, float),
     "model": (str,),
@@ -71,7 +74,14 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "completion_tokens": (int,),
     "total_tokens": (int,),
 }
-COUNTS = {"attempts", "prompt_tokens", "completion_tokens", "total_tokens"}
+COUNTS = {
+    "attempts",
+    "schema_attempts",
+    "discarded_tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+}
 
 
 def assert_well_typed(record: Record) -> None:
