@@ -36,6 +36,7 @@ from .config import (
 )
 from .config import default_outdir as _default_outdir
 from .errors import BatchrunError
+from .jobs import apply_job, is_job, load_job
 from .mock.kinds import FAULT_HELP, FAULT_KINDS
 from .outcome import EXIT_INTERRUPTED, RunReport
 from .progress import render_summary, stderr_console
@@ -167,7 +168,8 @@ def main() -> None:
     "--output",
     "outdir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory. Default: INPUT's name with .batchrun, next to it.",
+    help="Output directory. Default: a job's [run] output, else INPUT's name with "
+    ".batchrun, next to it.",
 )
 @click.option("-c", "--concurrency", default=32, show_default=True, help="Requests in flight.")
 @click.option("--max-attempts", default=5, show_default=True, help="Attempts per line.")
@@ -339,11 +341,16 @@ def run(
 ) -> None:
     """Send every line of INPUT and write results.jsonl, errors.jsonl, summary.json.
 
+    INPUT is a JSONL file of requests, or a job file (.toml, see docs/jobs.md) whose
+    rows are sent through its templates; a job run also writes rows.jsonl (rows.csv),
+    its rows with their outputs. A flag given here overrides the job's value.
+
     Rerunning the same command resumes: completed lines are never sent again.
 
     \b
     Examples:
       batchrun run jobs/demo.jsonl --mock                  # no key, no network
+      batchrun run jobs/label-sentiment.toml --mock        # a job: rows -> labelled rows
       MISTRAL_API_KEY=... batchrun run labels.jsonl -o out/ -c 64
       batchrun run batch.jsonl -m mistral-small-latest     # Mistral batch lines
       batchrun run evals.jsonl --override-model mistral-large-latest  # another model
@@ -395,7 +402,10 @@ def run(
                 ),
             )
 
-        report = _run_or_exit(err, api_key, config, show_progress=not quiet)
+        build = config
+        if is_job(input_path):
+            build = lambda: _with_job(input_path, config(), mock=mock_url is not None)  # noqa: E731
+        report = _run_or_exit(err, api_key, build, show_progress=not quiet)
     for repair in report.repairs:
         err.print(Text.assemble(("repaired", "yellow"), f": {repair}"))
     if not quiet:
@@ -405,6 +415,17 @@ def run(
     if as_json:
         click.echo(orjson.dumps(report.summary, option=orjson.OPT_INDENT_2).decode())
     sys.exit(report.exit_code)
+
+
+def _with_job(path: Path, flags: RunConfig, *, mock: bool) -> RunConfig:
+    """The job at `path` laid over the flags; the flags the user gave win (--mock's
+    server wins over the job's base_url)."""
+    ctx = click.get_current_context()
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    explicit = {name for name in ctx.params if ctx.get_parameter_source(name) in given}
+    if mock:
+        explicit.add("base_url")
+    return apply_job(load_job(path), flags, explicit)
 
 
 def _resume_command(params: dict[str, Any], outdir: Path) -> str:

@@ -12,12 +12,15 @@ import ipaddress
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -162,6 +165,9 @@ class RunConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     pace: Pace = field(default_factory=Pace)
     guards: Guards = field(default_factory=Guards)
+    # A job file (jobs.py): `input_path` is then its rows file, turned into requests by
+    # its templates. Its content is a request setting: an edited prompt cannot resume.
+    job: Job | None = None
 
     def __post_init__(self) -> None:
         _check_positive("concurrency", self.concurrency)
@@ -180,6 +186,8 @@ class RunConfig:
         settings: dict[str, Any] = {"model": self.model, "stream": self.stream}
         if self.override_model is not None:  # absent when unused: older OUTDIRs still resume
             settings["override_model"] = self.override_model
+        if self.job is not None:
+            settings["job"] = self.job.sha256
         return settings
 
     def settings_hash(self) -> str:

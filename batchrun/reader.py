@@ -35,6 +35,8 @@ __all__ = [
     "iter_raw_lines",
     "iter_requests",
     "needs_spool",
+    "parse_json_object",
+    "refuse_duplicates",
     "scan_input",
     "spool_input",
     "unused_model_warning",
@@ -51,6 +53,9 @@ class InputFormat(StrEnum):
     PLAIN = "plain"
     MISTRAL_BATCH = "mistral_batch"
     OPENAI_BATCH = "openai_batch"
+    # A job's dataset rows (rows.py), turned into requests by its templates.
+    ROWS_JSONL = "rows_jsonl"
+    ROWS_CSV = "rows_csv"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +163,8 @@ def scan_input(path: Path, max_line_bytes: int) -> InputScan:
         with path.open("rb") as raw, DuplicateFinder() as ids:
             reader = _HashingReader(raw)
             count, fmt, no_model = _scan_lines(iter_raw_lines(reader, max_line_bytes), ids)  # type: ignore[arg-type]
-            _refuse(ids.find(lambda: _custom_ids(path, max_line_bytes), MAX_DUPLICATES_SHOWN))
+            found = ids.find(lambda: _custom_ids(path, max_line_bytes), MAX_DUPLICATES_SHOWN)
+            refuse_duplicates(found)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
     digest = reader.digest.hexdigest()
@@ -227,7 +233,7 @@ def _custom_ids(path: Path, max_line_bytes: int) -> Iterator[tuple[str, int]]:
                 yield custom_id, line.number
 
 
-def _refuse(duplicates: Duplicates | None) -> None:
+def refuse_duplicates(duplicates: Duplicates | None) -> None:
     if duplicates is not None:
         raise InputError(
             f"duplicate custom_id values ({duplicates.count} in all): "
@@ -280,7 +286,7 @@ class LineParser:
         try:
             if raw.data is None:
                 raise InvalidInput(f"line is {raw.length} bytes, over the --max-line-bytes limit")
-            obj = _parse_json_object(raw.data)
+            obj = parse_json_object(raw.data)
             # Taken before validation, so a rejected line still says whose it is.
             found = obj.get("custom_id")
             custom_id = found if isinstance(found, str) else None
@@ -346,7 +352,7 @@ def _check_openai_envelope(obj: dict[str, Any]) -> None:
         raise InvalidInput(f"must be {CHAT_URL}, got {url!r}", field="url")
 
 
-def _parse_json_object(data: bytes) -> dict[str, Any]:
+def parse_json_object(data: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
