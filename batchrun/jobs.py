@@ -231,10 +231,9 @@ def load_job(path: Path) -> Job:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     check = _Checker(path, text)
     job = check.job(data)
+    if job is not None:
+        check.against_rows(job)
     if job is None or check.problems:
-        raise ConfigError(check.report())
-    check.against_rows(job)
-    if check.problems:
         raise ConfigError(check.report())
     return job
 
@@ -415,11 +414,11 @@ class _Checker:
             return
         if rows:
             for name in job.messages.absent_fields(rows):
-                problem = f"{{{name}}}: none of the first {len(rows)} rows has a field {name!r}"
+                problem = f"{{{name}}}: {_no_row_has(rows, name)}"
                 key, line = self.lines.find_text(f"{{{name}}}")
                 self.fail(key, problem, line=line)
             if job.input.id is not None and not any(job.input.id in row for row in rows):
-                problem = f"none of the first {len(rows)} rows has a field {job.input.id!r}"
+                problem = _no_row_has(rows, job.input.id)
                 self.fail(("input", "id"), problem)
         self._body(job, rows)
 
@@ -435,10 +434,9 @@ class _Checker:
         try:
             validate_body(body, model_required=False)
         except InvalidInput as exc:
-            field = exc.field or ""
-            root = re.split(r"[.\[]", field, maxsplit=1)[0]
-            key: Key = ("messages",) if root == "messages" else ("request", root)
-            self.fail(key, f"{field + ': ' if field else ''}{exc.reason}")
+            field = _key_of(exc.field or "")
+            key = field if field[:1] == ("messages",) else ("request", *field)
+            self.fail(key, exc.reason)
 
 
 # --- finding a key's line ------------------------------------------------------------------
@@ -515,6 +513,12 @@ def _unknown(key: str, known: Collection[str], what: str = "key") -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown {what}{hint}"
+
+
+def _no_row_has(rows: list[dict[str, Any]], name: str) -> str:
+    if len(rows) == 1:
+        return f"the first row has no field {name!r}"
+    return f"none of the first {len(rows)} rows has a field {name!r}"
 
 
 def _show(value: Any) -> str:
