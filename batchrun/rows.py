@@ -86,7 +86,7 @@ class Row:
     """One input row and its 1-based line in the file (a CSV record's first line)."""
 
     line: int
-    value: dict[str, Any] | None = None  # a CSV row (strings); None for a JSONL row
+    value: dict[str, Any] | None = None  # a CSV row (strings, its extra values dropped)
     raw: bytes | None = None  # a JSONL row, parsed only when needed (a resume skips most)
     problem: str | None = None  # why the row cannot be read at all
 
@@ -124,7 +124,7 @@ def _csv_rows(stream: BinaryIO) -> Iterator[Row]:
         if extra:
             columns = len(reader.fieldnames or ())
             problem = f"has {len(extra)} more value(s) than the header's {columns} columns"
-            yield Row(line, problem=problem)
+            yield Row(line, value=record, problem=problem)
             continue
         # A short record leaves its last columns None: those fields are missing.
         yield Row(line, value={k: v for k, v in record.items() if v is not None})
@@ -223,9 +223,10 @@ class RowParser(LineParser):
     def parse_row(self, row: Row, index: int) -> Request | BadLine:
         custom_id = str(row.line) if self._id is None else None
         try:
-            value = row.read()
             if self._id is not None:
-                custom_id = row_id(value, self._id)
+                # A CSV row with extra values still says whose it is.
+                custom_id = row_id(row.value if row.value is not None else row.read(), self._id)
+            value = row.read()
             body = {**self._request, "messages": self._messages.render(value)}
             self._complete(body)
             for warning in validate_body(body):
@@ -304,7 +305,7 @@ def _labelled(row: Row, record: Record | None, job: Job) -> dict[str, Any]:
     try:
         value = dict(row.read())
     except InvalidInput:
-        value = {}
+        value = dict(row.value or {})  # a CSV row with extra values keeps its columns
     output: Any = None
     error: str | None = None
     if record is None:
