@@ -26,7 +26,6 @@ from .config import RunConfig, check_base_url, is_duration
 from .errors import ConfigError, InvalidInput
 from .prices import PriceTable
 from .rows import RowFormat, row_format, sample_rows
-from .structured import output_checker
 from .templates import MessageTemplates, TemplateError, compile_messages
 from .validate import FIELDS, validate_body
 
@@ -64,7 +63,7 @@ class OutputKeys:
     error_field: str = "error"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: its tables are dicts, and RunConfig hashes it
 class Job:
     """A loaded, checked job file."""
 
@@ -336,6 +335,10 @@ class _Checker:
                 self.fail(("request", key), f"not a [request] key: {REQUEST_ELSEWHERE[key]}")
             elif key not in FIELDS:
                 self.fail(("request", key), _unknown(key, FIELDS, "chat-completions body field"))
+        # Imported here: jsonschema takes a fifth of a second to load, and only a job
+        # file needs it before the run (`batchrun --help` must not wait for it).
+        from .structured import output_checker  # noqa: PLC0415
+
         try:
             output_checker(table.get("response_format"))
         except ConfigError as exc:
@@ -406,6 +409,10 @@ class _Checker:
     def against_rows(self, job: Job) -> None:
         """What only the rows can tell: fields that none of the first rows has, and the
         [request] body as a row makes it, through the request-line validator."""
+        if job.input.path.exists() and not job.input.path.is_file():
+            # A pipe would be drained here, and the run must read the rows twice.
+            self.fail(("input", "path"), f"{job.input.path} must be a regular file")
+            return
         try:
             rows = sample_rows(job.input.path, job.input.format, SAMPLE_ROWS, MAX_LINE_BYTES)
         except (OSError, UnicodeDecodeError) as exc:
