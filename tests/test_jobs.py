@@ -390,3 +390,29 @@ def test_rows_after_kill_9_and_resume_equal_an_uninterrupted_run(
     labelled = read_jsonl(killed / "rows.jsonl")
     assert [r["id"] for r in labelled] == [r["id"] for r in rows]
     assert sum(r["error"] is not None for r in labelled) == len(range(7, count, 37))
+
+
+def test_a_moved_job_resumes_since_its_content_not_its_path_is_what_counts(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    log = tmp_path / "requests.log"
+    server = mock_server(request_log=log)
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    first.mkdir()
+    moved.mkdir()
+    out = tmp_path / "out"
+    assert run_job(write_job(first), server, "-o", str(out)).exit_code == 0
+    sent = len(logged(log))
+    result = run_job(write_job(moved), server, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert len(logged(log)) == sent
+
+
+def test_rows_that_are_not_a_regular_file_are_refused(tmp_path: Path) -> None:
+    job = write_job(tmp_path)
+    (tmp_path / "rows.jsonl").unlink()
+    os.mkfifo(tmp_path / "rows.jsonl")
+    result = run_job(job, None, "--mock", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert "job.toml:2: input.path:" in result.output
+    assert "must be a regular file" in one_line(result.output)
