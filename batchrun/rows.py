@@ -213,8 +213,23 @@ class RowParser(LineParser):
     """Turns a job's rows into requests: the [request] fields, the [[messages]] filled
     from the row, the run's model and stream; validated like a request line."""
 
-    def __init__(self, job: Job, fmt: InputFormat, **options: Any) -> None:
-        super().__init__(fmt, **options)
+    def __init__(
+        self,
+        job: Job,
+        fmt: InputFormat,
+        *,
+        default_model: str | None = None,
+        override_model: str | None = None,
+        force_stream: bool = False,
+        estimate: bool = False,
+    ) -> None:
+        super().__init__(
+            fmt,
+            default_model=default_model,
+            override_model=override_model,
+            force_stream=force_stream,
+            estimate=estimate,
+        )
         self.job = job
         self._id = job.input.id
         self._request = dict(job.request)
@@ -239,15 +254,22 @@ class RowParser(LineParser):
 
 def make_parser(config: RunConfig, fmt: InputFormat, *, estimate: bool) -> LineParser:
     """The parser of this run's input: request lines, or a job's rows."""
-    options: dict[str, Any] = {
-        "default_model": config.model,
-        "override_model": config.override_model,
-        "force_stream": config.stream,
-        "estimate": estimate,
-    }
-    if config.job is None:
-        return LineParser(fmt, **options)
-    return RowParser(config.job, fmt, **options)
+    if config.job is not None:
+        return RowParser(
+            config.job,
+            fmt,
+            default_model=config.model,
+            override_model=config.override_model,
+            force_stream=config.stream,
+            estimate=estimate,
+        )
+    return LineParser(
+        fmt,
+        default_model=config.model,
+        override_model=config.override_model,
+        force_stream=config.stream,
+        estimate=estimate,
+    )
 
 
 def iter_lines(
