@@ -314,7 +314,7 @@ class _Checker:
     def _input(self, table: dict[str, Any]) -> JobInput | None:
         self._keys(table, "input", INPUT_KEYS)
         if "path" not in table:
-            if table:
+            if table or self.lines.find(("input",)):  # a missing [input] is reported already
                 self.fail(("input",), "missing key path: the JSONL or CSV file of rows")
             return None
         path = self._checked(("input", "path"), table.get("path"), _text)
