@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ._version import __version__
+from .checkfile import check_file
 from .config import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
@@ -39,6 +40,7 @@ from .errors import BatchrunError
 from .jobs import apply_job, is_job, load_job
 from .mock.kinds import FAULT_HELP, FAULT_KINDS
 from .outcome import EXIT_INTERRUPTED, RunReport
+from .prices import load_prices
 from .progress import render_summary, stderr_console
 from .reader import STDIN
 from .runner import run_batch
@@ -58,6 +60,7 @@ RESUME_FLAGS = (
     ("mock", "--mock"),
     ("no_api_key", "--no-api-key"),
     ("allow_insecure_http", "--allow-insecure-http"),
+    ("prices_file", "--prices"),  # not needed to resume, but the costs would change
 )
 
 
@@ -192,6 +195,14 @@ def main() -> None:
     "after 20); exit 3, rerun to resume.",
 )
 @click.option(
+    "--max-cost",
+    type=POSITIVE,
+    metavar="USD",
+    help="Stop before this OUTDIR's cost (all sessions, lines in flight estimated from "
+    "their prompt and max_tokens) passes USD; exit 3, rerun with a higher limit to resume. "
+    "Every model must have a price (--prices).",
+)
+@click.option(
     "--max-rate-limit-wait",
     type=DURATION,
     default="10m",
@@ -305,6 +316,13 @@ def main() -> None:
 @click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to non-loopback hosts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout at the end.")
+@click.option(
+    "--prices",
+    "prices_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Prices (USD per million tokens) replacing or adding to the bundled table, as TOML "
+    "or JSON: {MODEL = {input = 0.1, output = 0.3}}. Used for summary.json's cost.",
+)
 def run(
     input_path: Path,
     outdir: Path | None,
@@ -338,6 +356,8 @@ def run(
     allow_insecure_http: bool,
     quiet: bool,
     as_json: bool,
+    prices_file: Path | None,
+    max_cost: float | None,
 ) -> None:
     """Send every line of INPUT and write results.jsonl, errors.jsonl, summary.json.
 
@@ -399,7 +419,9 @@ def run(
                     deadline=deadline,
                     max_tokens_total=max_tokens_total,
                     max_error_rate=max_error_rate,
+                    max_cost=max_cost,
                 ),
+                prices_file=prices_file,
             )
 
         build = config
@@ -482,6 +504,71 @@ def _mock_server(
     config = MockConfig(latency_ms=latency_ms, fail_rate=fail_rate, require_auth=not no_auth)
     with MockServer(config) as server:
         yield server.url
+
+
+@main.command("validate", context_settings=CONTEXT)
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-m",
+    "--model",
+    help="Model for lines that name none, as `run -m` (Mistral batch lines need one).",
+)
+@click.option(
+    "--override-model",
+    metavar="MODEL",
+    help="Check every line as sent to MODEL, as `run --override-model`.",
+)
+@click.option(
+    "--prices",
+    "prices_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Prices replacing or adding to the bundled table (TOML or JSON), as `run --prices`.",
+)
+@click.option(
+    "--max-line-bytes",
+    default=10 * 1024 * 1024,
+    show_default=True,
+    help="Longer lines are invalid, as in `run`.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def validate_command(
+    input_path: Path,
+    model: str | None,
+    override_model: str | None,
+    prices_file: Path | None,
+    max_line_bytes: int,
+    as_json: bool,
+) -> None:
+    """Check every line of INPUT without sending anything.
+
+    Prints the lines, the invalid ones with their reasons (the first 20, and how many
+    more), the requests per model, their estimated prompt tokens and maximum completion
+    tokens, and the cost range those may come to. Exit 0: every line is valid; 2: some
+    are not; 1: the file cannot be run (missing, unreadable, duplicate custom_ids...).
+
+    \b
+    Examples:
+      batchrun validate labels.jsonl
+      batchrun validate batch.jsonl -m mistral-small-latest --prices our-prices.toml
+      batchrun validate evals.jsonl --json | jq .cost
+    """
+    try:
+        prices = load_prices(prices_file)
+        check = check_file(
+            input_path,
+            prices,
+            max_line_bytes=max_line_bytes,
+            model=model,
+            override_model=override_model,
+        )
+    except BatchrunError as exc:
+        stderr_console().print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
+        sys.exit(exc.exit_code)
+    if as_json:
+        click.echo(orjson.dumps(check.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo("\n".join(check.report()))
+    sys.exit(check.exit_code)
 
 
 MOCK_DIRECTIVES = """\b

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,19 +120,23 @@ class Guards:
     (prompt + completion, as `usage` reports them) of this OUTDIR, every session
     counted; a line is not sent when its estimate would pass it. `max_error_rate`: the
     share of failed lines among the last `error_window` lines sent, judged once
-    `error_min_count` lines completed."""
+    `error_min_count` lines completed. `max_cost`: USD this OUTDIR may spend, every
+    session counted, like `max_tokens_total` (a line's estimate priced for its model)."""
 
     deadline: float | None = None
     max_tokens_total: int | None = None
     max_error_rate: float | None = None
     error_window: int = 100
     error_min_count: int = 20
+    max_cost: float | None = None
 
     def __post_init__(self) -> None:
         if self.deadline is not None and not is_duration(self.deadline):
             raise ConfigError(f"--deadline must be a finite duration > 0, got {self.deadline!r}")
         if self.max_tokens_total is not None and self.max_tokens_total < 1:
             raise ConfigError(f"--max-tokens-total must be >= 1, got {self.max_tokens_total}")
+        if self.max_cost is not None and not is_duration(self.max_cost):  # finite, > 0
+            raise ConfigError(f"--max-cost must be a finite USD amount > 0, got {self.max_cost!r}")
         rate = self.max_error_rate
         if rate is not None and not (0 < rate <= 1):
             raise ConfigError(f"--max-error-rate must be a fraction in (0, 1], got {rate!r}")
@@ -165,6 +170,10 @@ class RunConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     pace: Pace = field(default_factory=Pace)
     guards: Guards = field(default_factory=Guards)
+    # Prices for costs and --max-cost, over the bundled table: a job's [prices], then
+    # --prices FILE (prices.load_prices). Not request settings: a resume may change them.
+    prices_file: Path | None = None
+    price_overrides: Mapping[str, Any] | None = None
     # A job file (jobs.py): `input_path` is then its rows file, turned into requests by
     # its templates. Its content is a request setting: an edited prompt cannot resume.
     job: Job | None = None

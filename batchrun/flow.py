@@ -14,10 +14,20 @@ import anyio
 
 from .client import Reply
 from .config import Pace
-from .errors import AllowanceExhausted, RateLimited, RequestFailed, RetryableStatus, Timeout
+from .errors import (
+    AllowanceExhausted,
+    AuthError,
+    RateLimited,
+    RequestFailed,
+    RetryableStatus,
+    Timeout,
+)
 from .inflight import AdaptiveLimit
 from .limits import Pacer, Rate, Reservation, Unit
+from .progress import LiveStats
 from .ratelimit_headers import RateObservation, parse_rate_headers
+from .retry import RetryPolicy
+from .stops import StopKind
 
 __all__ = ["FlowControl", "FlowFigures", "LimitInForce"]
 
@@ -189,8 +199,10 @@ class FlowControl:
         if isinstance(error, RateLimited | AllowanceExhausted):
             self.rate_limited += 1
             self.pacer.settle(reservation, 0)  # a 429 was not processed: no tokens
-            self.limit.on_rate_limited(reservation.at)
+            self.limit.on_refused(reservation.at)
             self.learn(self._headers())
+        elif isinstance(error, AuthError):
+            self.limit.on_refused(reservation.at)
         elif isinstance(error, Timeout) or (
             isinstance(error, RetryableStatus) and error.status_code in OVERLOAD_STATUSES
         ):
@@ -222,6 +234,29 @@ class FlowControl:
     def limits(self) -> tuple[LimitInForce, ...]:
         return tuple(
             LimitInForce(rate, self._sources[rate.unit, rate.window]) for rate in self.pacer.rates
+        )
+
+    def figures(self, policy: RetryPolicy, stats: LiveStats, stop: StopKind | None) -> FlowFigures:
+        """summary.json's `flow` section for the session that ran under this control."""
+        elapsed, sent, limit = stats.elapsed, stats.sent, self.limit
+        return FlowFigures(
+            limits=self.limits(),
+            observed=self.observed,
+            rate_limited=self.rate_limited,
+            paused_s=policy.pause.paused_s,
+            pauses=policy.pause.pauses,
+            retries_by_cause=policy.retries_by_cause,
+            budget_denied=policy.budget.denied,
+            in_flight_limit=limit.limit,
+            in_flight_lowest=limit.lowest,
+            in_flight_cuts=limit.cuts,
+            concurrency=limit.maximum,
+            achieved={
+                "requests_per_s": sent / elapsed if sent else None,
+                "requests_per_min": 60 * sent / elapsed if sent else None,
+                "tokens_per_min": 60 * stats.total_tokens / elapsed if sent else None,
+            },
+            guard=stop.value if stop is not None and stop.is_guard else None,
         )
 
     def describe(self) -> str:

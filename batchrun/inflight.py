@@ -25,7 +25,7 @@ class AdaptiveLimit:
     then +1 per round of successes; and only while the pool is full (`in_flight` at the
     limit): an idle pool proves nothing about a larger one.
 
-    Congestion (a 429, or `overload_streak` 503s/timeouts in a row) halves it. Only
+    Congestion (a 429 or 401/403, or `overload_streak` 503s/timeouts in a row) halves it. Only
     requests sent after the last cut count, for cuts and for growth alike: those sent
     before it report on the old limit, and a burst of them is one congestion event,
     not many. So a storm halves the limit once per round of probes, down to 1, and
@@ -57,8 +57,9 @@ class AdaptiveLimit:
         self._last_cut = -math.inf
         self._success_since_cut = True
 
-    def on_rate_limited(self, sent_at: float) -> None:
-        """A 429 for a request sent at `sent_at`: the server says we send too much."""
+    def on_refused(self, sent_at: float) -> None:
+        """A 429 (we send too much) or a 401/403 (the key is refused: while the stop
+        rule counts its streak, fewer requests go out) for a request sent at `sent_at`."""
         self._streak = 0
         self._cut(sent_at)
 

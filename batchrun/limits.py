@@ -18,7 +18,9 @@ __all__ = [
     "Rate",
     "Reservation",
     "Unit",
+    "estimate_prompt_tokens",
     "estimate_tokens",
+    "max_completion_tokens",
 ]
 
 Clock = Callable[[], float]
@@ -41,6 +43,11 @@ HISTORY_S = 60.0  # bookings kept for limits learned later: the longest window n
 def estimate_tokens(body: Mapping[str, Any]) -> int:
     """Tokens a request may cost, before sending: its prompt (message text, tool calls,
     tool definitions) at CHARS_PER_TOKEN, plus the completion it may generate."""
+    return estimate_prompt_tokens(body) + max_completion_tokens(body)
+
+
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """The prompt's tokens, estimated: text at CHARS_PER_TOKEN, TOKENS_PER_MESSAGE each."""
     chars = 0
     messages = body.get("messages")
     count = 0
@@ -51,10 +58,15 @@ def estimate_tokens(body: Mapping[str, Any]) -> int:
                 chars += _content_chars(message.get("content"))
                 chars += _text_chars(message.get("tool_calls"))
     chars += _text_chars(body.get("tools"))
+    return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * count
+
+
+def max_completion_tokens(body: Mapping[str, Any]) -> int:
+    """The completion tokens a request allows (`max_tokens`), DEFAULT_MAX_TOKENS if none."""
     completion = body.get("max_tokens", body.get("max_completion_tokens"))
     if not isinstance(completion, int) or isinstance(completion, bool) or completion < 0:
-        completion = DEFAULT_MAX_TOKENS
-    return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * count + completion
+        return DEFAULT_MAX_TOKENS
+    return completion
 
 
 def _content_chars(content: object) -> int:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
@@ -28,11 +29,14 @@ __all__ = [
     "Tokens",
     "actual_cost",
     "estimate_cost",
+    "format_usd",
+    "load_prices",
     "no_price_note",
     "read_price_file",
 ]
 
 ENTRY_KEYS = ("input", "output", "source", "date")
+MAX_DECIMALS = 10  # format_usd: a billionth of a cent is nothing anyone pays
 BUNDLED = "batchrun/data/prices.toml"
 
 
@@ -55,6 +59,16 @@ class Price:
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """The cost in USD, the nearest float to the exact figure."""
         return float(self.cost_usd(prompt_tokens, completion_tokens))
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a report records of a price it used: the figures and where they come from."""
+        return {
+            "model": self.model,
+            "input_usd_per_million": float(self.input),
+            "output_usd_per_million": float(self.output),
+            "source": self.source,
+            "date": self.date,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +108,21 @@ class PriceTable:
     def with_file(self, path: Path) -> PriceTable:
         """This table overridden by a `--prices FILE` (TOML, or JSON if it ends in .json)."""
         return self.with_overrides(read_price_file(path), source=str(path))
+
+    def used(self, models: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The prices `models` were costed at, by the id reports name them with (an alias
+        shows the entry it resolves to in `model`); unpriced models are left out."""
+        found = ((model, self.price(model)) for model in sorted(models))
+        return {model: price.to_dict() for model, price in found if price is not None}
+
+
+def load_prices(file: Path | None = None, overrides: Mapping[str, Any] | None = None) -> PriceTable:
+    """The table a run or a check uses: the bundled one, then a job's `[prices]`, then
+    `--prices FILE` (a flag overrides the job). A bad file or entry is a ConfigError."""
+    table = PriceTable.bundled()
+    if overrides is not None:
+        table = table.with_overrides(overrides, source="[prices]")
+    return table if file is None else table.with_file(file)
 
 
 def read_price_file(path: Path) -> dict[str, Any]:
@@ -175,6 +204,18 @@ def _bundled() -> PriceTable:
     aliases = {alias: str(entry["model"]) for alias, entry in parsed["aliases"].items()}
     # Read-only: this one table is shared by every caller in the process.
     return PriceTable(table.entries, MappingProxyType(aliases))
+
+
+def format_usd(usd: float) -> str:
+    """A cost for people: cents from a dollar up, else four significant digits (a small
+    batch costs fractions of a cent, which "$0.00" would hide)."""
+    if usd >= 1:
+        return f"${usd:,.2f}"
+    if usd <= 0:
+        return "$0"
+    decimals = min(MAX_DECIMALS, max(2, 3 - math.floor(math.log10(usd))))
+    text = f"{usd:.{decimals}f}".rstrip("0")
+    return "$" + (text if len(text.split(".")[1]) >= 2 else f"{usd:.2f}")
 
 
 def no_price_note(model: str) -> str:

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .prices import format_usd
+from .records import Record
 
 __all__ = [
     "LiveStats",
@@ -153,11 +155,12 @@ def error_digest(errors: Path) -> dict[str, Any]:
     try:
         with errors.open("rb") as stream:
             for line in stream:
-                error = _error_of(line)
-                if not error:
+                record = Record.parse(line)
+                if record is None or not record.failed or record.error_type is None:
                     continue
-                retryable += error.get("retryable") is True
-                key = (str(error.get("type")), LINE_PREFIX.sub("", str(error.get("message"))))
+                retryable += record.retryable is True
+                message = LINE_PREFIX.sub("", str(record.error_message))
+                key = (str(record.error_type), message)
                 if key in kinds or len(kinds) < MAX_ERROR_KINDS:
                     kinds[key] += 1
     except OSError:
@@ -167,15 +170,6 @@ def error_digest(errors: Path) -> dict[str, Any]:
         for (kind, message), count in kinds.most_common(TOP_ERRORS)
     ]
     return {"top_errors": top, "retryable_failed": retryable}
-
-
-def _error_of(line: bytes) -> dict[str, Any]:
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return {}
-    error = record.get("error") if isinstance(record, dict) else None
-    return error if isinstance(error, dict) else {}
 
 
 def render_summary(summary: dict[str, Any], console: Console, command: str | None = None) -> None:
@@ -217,6 +211,8 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             f"{tokens['prompt_tokens']:,} prompt · {tokens['completion_tokens']:,} completion",
         )
     )
+    if cost := summary.get("cost"):
+        rows.append(("cost", _cost_line(cost)))
     for name, key in (("latency", "latency_ms"), ("ttft", "ttft_ms")):
         if figures := summary[key]:
             rows.append(
@@ -227,6 +223,17 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             )
     rows.append(("this run", _session_line(session)))
     return rows
+
+
+def _cost_line(cost: dict[str, Any]) -> str:
+    """The total, and which models it leaves out for want of a price (never priced at 0)."""
+    unpriced = cost["unpriced"]
+    if not unpriced:
+        return format_usd(cost["total_usd"])
+    missing = f"no price for {', '.join(map(repr, unpriced))} (add it with --prices FILE)"
+    if len(unpriced) == len(cost["models"]):
+        return f"unknown: {missing}"
+    return f"{format_usd(cost['total_usd'])} for the priced models · {missing}"
 
 
 def _session_line(session: dict[str, Any]) -> str:

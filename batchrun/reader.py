@@ -21,7 +21,7 @@ import orjson
 
 from .dupes import DuplicateFinder, Duplicates
 from .errors import ConfigError, InputError, InvalidInput
-from .limits import estimate_tokens
+from .limits import estimate_prompt_tokens, max_completion_tokens
 from .records import BadLine, Request
 from .validate import validate_body
 
@@ -297,8 +297,13 @@ class LineParser:
         except InvalidInput as exc:
             return BadLine(index, raw.number, custom_id, exc.at_line(raw.number))
         payload = raw.data if self.format is InputFormat.PLAIN and not changed else _dumps(body)
-        tokens = estimate_tokens(body) if self.estimate else 0
-        return Request(index, raw.number, custom_id, payload, body.get("stream") is True, tokens)
+        stream = body.get("stream") is True
+        model = body["model"]  # validated: a non-empty string
+        if not self.estimate:
+            return Request(index, raw.number, custom_id, payload, stream, 0, model)
+        completion = max_completion_tokens(body)
+        tokens = estimate_prompt_tokens(body) + completion
+        return Request(index, raw.number, custom_id, payload, stream, tokens, model, completion)
 
     def _unwrap(self, obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         found = detect_format(obj)

@@ -35,6 +35,8 @@ class Request:
     payload: bytes  # the JSON body exactly as it will be sent
     stream: bool
     tokens: int = 0  # estimated cost, for a tokens-per-minute pace (0 when none is set)
+    model: str | None = None  # the model it is sent to (for prices)
+    max_completion: int = 0  # the completion tokens `tokens` counts (0 when not estimated)
 
 
 @dataclass(frozen=True, slots=True)

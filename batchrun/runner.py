@@ -20,14 +20,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from rich.console import Console
 from rich.text import Text
 
+from .checkfile import refuse_unpriced
 from .client import ChatClient
 from .config import RunConfig
 from .errors import Aborted, InputError
-from .flow import FlowControl, FlowFigures
+from .flow import FlowControl
 from .journal import ResumeState, SentLog
 from .outcome import Outcome, RunReport
 from .outdir import Paths, write_failed
 from .prepare import api_key_for, open_run
+from .prices import PriceTable, load_prices
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
 from .reader import InputFormat, InputScan, unused_model_warning
 from .records import BadLine, Completed, Request, error_record
@@ -35,7 +37,7 @@ from .results import ResultWriter
 from .retry import RetryPolicy
 from .rows import iter_lines, make_parser, write_rows
 from .stops import GuardRules, Stop, StopKind, StopRules
-from .summary import SessionInfo, build_summary, read_totals, write_summary
+from .summary import SessionInfo, Totals, build_summary, read_totals, write_summary
 from .worker import Worker
 
 __all__ = ["RunReport", "run_batch"]
@@ -60,12 +62,15 @@ async def run_batch(
     that yields fewer lines during the run than when it was scanned (cut short or
     replaced under us) raises `InputError` (exit 1) once the lines read are written."""
     key = api_key_for(config, api_key)
+    prices = load_prices(config.prices_file, config.price_overrides)
     config, scan, lock, state = await open_run(config, console)
     try:
+        if config.guards.max_cost is not None:
+            await anyio.to_thread.run_sync(refuse_unpriced, config, scan, prices, state.is_done)
         async with ChatClient(
             config.endpoint, key, concurrency=config.concurrency, timeouts=config.timeouts
         ) as client:
-            run = _Run(config, scan, state, client)
+            run = _Run(config, scan, state, client, prices)
             return await run.execute(console, show_progress, secret=key)
     finally:
         lock.release()
@@ -76,9 +81,15 @@ class _Run:
     stop: Stop | None = None  # why the run stopped early, if a rule or guard said so
 
     def __init__(
-        self, config: RunConfig, scan: InputScan, state: ResumeState, client: ChatClient
+        self,
+        config: RunConfig,
+        scan: InputScan,
+        state: ResumeState,
+        client: ChatClient,
+        prices: PriceTable,
     ) -> None:
         self.config = config
+        self.prices = prices
         self.scan = scan
         self.state = state
         self.client = client
@@ -86,7 +97,13 @@ class _Run:
         total = scan.requests if config.limit is None else min(scan.requests, config.limit)
         self.stats = LiveStats(total=total, done_before=state.done[:total].count(1))
         self.policy = RetryPolicy(config.retry)
-        self.guards = GuardRules(config.guards, tokens_before=self._tokens_used_before())
+        before = self._used_before()
+        self.guards = GuardRules(
+            config.guards,
+            tokens_before=before.token_totals()["total_tokens"],
+            prices=prices,
+            used_before=before.tokens_used(),
+        )
         self.parser = make_parser(config, scan.format, estimate=self.guards.counts_tokens)
         self.flow = FlowControl(
             config.pace,
@@ -134,13 +151,13 @@ class _Run:
         self._check_snapshot_read(writer.next_index)
         return report
 
-    def _tokens_used_before(self) -> int:
-        """Tokens the records of earlier sessions used, read only when a token guard
-        needs them: the guard's limit is for the whole OUTDIR."""
-        if self.config.guards.max_tokens_total is None or not self.state.resumed:
-            return 0
-        totals = read_totals(self.paths.results, self.paths.journal, self._pending_spans())
-        return totals.token_totals()["total_tokens"]
+    def _used_before(self) -> Totals:
+        """What the records of earlier sessions used, read only when a token or cost
+        guard needs it: their limits are for the whole OUTDIR."""
+        guards = self.config.guards
+        if (guards.max_tokens_total is None and guards.max_cost is None) or not self.state.resumed:
+            return Totals()
+        return read_totals(self.paths.results, self.paths.journal, self._pending_spans())
 
     def _pending_spans(self) -> list[tuple[int, int]]:
         """Journal spans of lines done beyond a gap: in the journal, not in results."""
@@ -223,7 +240,7 @@ class _Run:
                         self.stats.failed += 1
                         await done_send.send(error_record(item, item.error, attempts=0))
                         continue
-                    if (stop := self.guards.admit(item.tokens)) is not None:
+                    if (stop := self.guards.admit(item)) is not None:
                         self._stop(stop)  # the line stays unsent: the rerun sends it
                         return
                     # Hand the line straight to a waiting worker: awaiting send() would
@@ -269,6 +286,8 @@ class _Run:
                         batch.append(done_recv.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
+                if self.guards.cost is not None:
+                    self.guards.cost.settle(batch)
                 if self._write_error is not None:
                     continue
                 try:
@@ -372,7 +391,9 @@ class _Run:
         )
         manifest = orjson.loads(self.paths.manifest.read_bytes())
         # Lines done beyond a gap are in the journal only: they count all the same.
-        summary = build_summary(self.paths, manifest, session, self._extra(), self._pending_spans())
+        summary = build_summary(
+            self.paths, manifest, session, self._extra(), self._pending_spans(), prices=self.prices
+        )
         write_summary(self.paths, summary)
         code = outcome.exit_code(summary["counts"]["failed"])
         return RunReport(code, summary, self.paths.outdir, tuple(self.state.repairs))
@@ -401,31 +422,8 @@ class _Run:
             "retry_budget_denied": self.policy.budget.denied,
             "rate_limit_pauses": self.policy.pause.pauses,
             "concurrency": self.config.concurrency,
-            "flow": self._flow_figures().to_json(),
+            "flow": self.flow.figures(
+                self.policy, self.stats, self.stop.kind if self.stop else None
+            ).to_json(),
             **error_digest(self.paths.errors),
         }
-
-    def _flow_figures(self) -> FlowFigures:
-        stats, policy, limit = self.stats, self.policy, self.flow.limit
-        elapsed = stats.elapsed
-        sent = stats.sent
-        guard = self.stop.kind.value if self.stop and self.stop.kind.is_guard else None
-        return FlowFigures(
-            limits=self.flow.limits(),
-            observed=self.flow.observed,
-            rate_limited=self.flow.rate_limited,
-            paused_s=policy.pause.paused_s,
-            pauses=policy.pause.pauses,
-            retries_by_cause=policy.retries_by_cause,
-            budget_denied=policy.budget.denied,
-            in_flight_limit=limit.limit,
-            in_flight_lowest=limit.lowest,
-            in_flight_cuts=limit.cuts,
-            concurrency=self.config.concurrency,
-            achieved={
-                "requests_per_s": sent / elapsed if sent else None,
-                "requests_per_min": 60 * sent / elapsed if sent else None,
-                "tokens_per_min": 60 * stats.total_tokens / elapsed if sent else None,
-            },
-            guard=guard,
-        )

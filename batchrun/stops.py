@@ -14,20 +14,31 @@ Streaks (`StopRules`), in completion order (lines complete concurrently):
   budget): no wait cures it, so the first one stops the run.
 The lines these failed are re-sent on resume (see `resume.needs_redo`).
 
-Guards (`GuardRules`, see `config.Guards`): max tokens, max error rate; the deadline is a
-timer the runner keeps.
+Guards (`GuardRules`, see `config.Guards`): max tokens, max cost, max error rate; the
+deadline is a timer the runner keeps.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 from .config import Guards, RunConfig
-from .errors import AllowanceExhausted, AuthError, RequestFailed, Timeout, TransportFailure
+from .errors import (
+    AllowanceExhausted,
+    AuthError,
+    ConfigError,
+    RequestFailed,
+    Timeout,
+    TransportFailure,
+)
+from .prices import Price, PriceTable, Tokens, format_usd
+from .records import Completed, Record, Request
 
-__all__ = ["GuardRules", "Stop", "StopKind", "StopRules"]
+__all__ = ["CostLedger", "GuardRules", "Stop", "StopKind", "StopRules"]
 
 
 class StopKind(enum.Enum):
@@ -38,13 +49,16 @@ class StopKind(enum.Enum):
     DEADLINE = "deadline"
     MAX_TOKENS_TOTAL = "max_tokens_total"
     MAX_ERROR_RATE = "max_error_rate"
+    MAX_COST = "max_cost"
 
     @property
     def is_guard(self) -> bool:
         return self in _GUARDS
 
 
-_GUARDS = frozenset({StopKind.DEADLINE, StopKind.MAX_TOKENS_TOTAL, StopKind.MAX_ERROR_RATE})
+_GUARDS = frozenset(
+    {StopKind.DEADLINE, StopKind.MAX_TOKENS_TOTAL, StopKind.MAX_ERROR_RATE, StopKind.MAX_COST}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,39 +112,52 @@ class StopRules:
 
 
 class GuardRules:
-    """The token and error-rate guards. Tokens are committed when a line is handed to a
-    worker (its estimate) and settled with the real usage when it completes, so lines
-    in flight count: the guard stops before the limit, not after it."""
+    """The token, cost and error-rate guards. Tokens and cost are committed when a line is
+    handed to a worker (its estimate) and settled with the real usage when it completes,
+    so lines in flight count: the guard stops before the limit, not after it."""
 
-    def __init__(self, guards: Guards, *, tokens_before: int = 0) -> None:
+    def __init__(
+        self,
+        guards: Guards,
+        *,
+        tokens_before: int = 0,
+        prices: PriceTable | None = None,
+        used_before: Mapping[str, Tokens] | None = None,
+    ) -> None:
         self._guards = guards
         self.tokens = tokens_before  # used by earlier sessions and completed lines
         self._committed = 0  # estimates of lines handed out and not completed
         self._recent: deque[bool] = deque(maxlen=guards.error_window)
         self._recent_failed = 0
+        self.cost: CostLedger | None = None
+        if guards.max_cost is not None:
+            self.cost = CostLedger(guards.max_cost, prices or PriceTable.bundled(), used_before)
 
     @property
     def counts_tokens(self) -> bool:
-        return self._guards.max_tokens_total is not None
+        """Whether lines need their token estimate (`Request.tokens`)."""
+        return self._guards.max_tokens_total is not None or self.cost is not None
 
-    def admit(self, estimate: int) -> Stop | None:
-        """Whether a line estimated at `estimate` tokens may be sent; commits it if so."""
+    def admit(self, request: Request) -> Stop | None:
+        """Whether `request` may be sent; commits its estimates if so."""
+        estimate = request.tokens
         limit = self._guards.max_tokens_total
-        if limit is None:
-            return None
-        if self.tokens + self._committed + estimate > limit:
+        if limit is not None and self.tokens + self._committed + estimate > limit:
             return Stop(
                 StopKind.MAX_TOKENS_TOTAL,
                 f"--max-tokens-total {limit:,} reached: {self.tokens:,} tokens used, "
                 f"{self._committed:,} more estimated for the lines in flight, and the next "
                 f"line may cost {estimate:,}; rerun with a higher limit to resume",
             )
-        self._committed += estimate
+        if self.cost is not None and (stop := self.cost.admit(request)) is not None:
+            return stop
+        if limit is not None:
+            self._committed += estimate
         return None
 
     def completed(self, estimate: int, tokens: int, *, failed: bool) -> Stop | None:
         """A line sent (not an invalid one) completed, having used `tokens`."""
-        if self.counts_tokens:
+        if self._guards.max_tokens_total is not None:
             self._committed -= estimate
             self.tokens += tokens
         rate = self._guards.max_error_rate
@@ -149,3 +176,98 @@ class GuardRules:
                 f"{len(recent)} lines sent failed; see errors.jsonl, then rerun to resume",
             )
         return None
+
+
+# Failures after which the server may have generated, and billed, a completion we could
+# not use; the others (a status other than 200, a refused connection, a 429) were not.
+MAYBE_BILLED = frozenset({"timeout", "stream_truncated", "invalid_response", "schema_violation"})
+
+
+class CostLedger:
+    """The --max-cost guard's books, in exact USD: what this OUTDIR spent (earlier
+    sessions and settled lines) and what the lines handed out may still cost (each
+    line's estimated prompt tokens and its max_tokens, at its model's price).
+
+    Lines are settled from their records (`settle`), since a record says which model
+    answered and how many prompt and completion tokens it used: those are priced
+    apart. A reply naming a model with no price is charged at its request's model's
+    price (the one it was admitted at); a reply without usage keeps its estimate, and so
+    does a line that failed after the server may have generated (MAYBE_BILLED): the
+    guard errs on the side of stopping early."""
+
+    def __init__(
+        self, max_cost: float, prices: PriceTable, used_before: Mapping[str, Tokens] | None
+    ) -> None:
+        self.limit = Decimal(repr(max_cost))  # repr: the USD typed, not the float's binary
+        self.prices = prices
+        self.spent = _spent_before(prices, used_before or {})
+        self.committed = Decimal(0)
+        self._in_flight: dict[int, tuple[Price, Decimal]] = {}  # index -> price, estimate
+        self._by_model: dict[str | None, Price | None] = {}
+
+    def admit(self, request: Request) -> Stop | None:
+        price = self._price(request.model)
+        if price is None:  # the runner refuses unpriced models up front; kept for safety
+            return Stop(
+                StopKind.MAX_COST,
+                f"--max-cost cannot price line {request.line}: no price for model "
+                f"{request.model!r}; add it with --prices FILE, then rerun to resume",
+            )
+        prompt = request.tokens - request.max_completion
+        estimate = price.cost_usd(prompt, request.max_completion)
+        if self.spent + self.committed + estimate > self.limit:
+            return Stop(
+                StopKind.MAX_COST,
+                f"--max-cost {self.limit} USD reached: {format_usd(float(self.spent))} spent, "
+                f"{format_usd(float(self.committed))} more estimated for the lines in flight, "
+                f"and the next line may cost {format_usd(float(estimate))}; rerun with a "
+                "higher limit to resume",
+            )
+        self.committed += estimate
+        self._in_flight[request.index] = (price, estimate)
+        return None
+
+    def settle(self, batch: Iterable[Completed]) -> None:
+        """Replace the estimates of completed lines with what their records say they
+        cost. Lines never admitted (invalid ones) are not in the books."""
+        for done in batch:
+            entry = self._in_flight.pop(done.index, None)
+            if entry is None:
+                continue
+            price, estimate = entry
+            self.committed -= estimate
+            record = Record.parse(done.data)
+            if not done.failed:
+                self.spent += self._cost(record, price, estimate)
+            elif record is not None and record.error_type in MAYBE_BILLED:
+                self.spent += estimate
+
+    def _cost(self, record: Record | None, price: Price, estimate: Decimal) -> Decimal:
+        if record is None:
+            return estimate
+        prompt, completion = record.prompt_tokens, record.completion_tokens
+        if prompt is None and completion is None:
+            return estimate
+        answered = self._price(record.model) or price
+        return answered.cost_usd(prompt or 0, completion or 0)
+
+    def _price(self, model: str | None) -> Price | None:
+        if model not in self._by_model:
+            self._by_model[model] = None if model is None else self.prices.price(model)
+        return self._by_model[model]
+
+
+def _spent_before(prices: PriceTable, used: Mapping[str, Tokens]) -> Decimal:
+    """The exact cost of earlier sessions' usage. Spending at an unknown price cannot
+    be guarded: refuse to start (exit 1) rather than count it as free."""
+    spent = Decimal(0)
+    for model, tokens in used.items():
+        price = prices.price(model)
+        if price is None:
+            raise ConfigError(
+                f"--max-cost: earlier sessions in this OUTDIR used model {model!r}, which "
+                "has no price, so what they spent is unknown; add it with --prices FILE "
+                "(or [prices] in the job); nothing was sent"
+            )
+        spent += price.cost_usd(tokens.prompt, tokens.completion)
+    return spent

@@ -1,4 +1,4 @@
-"""summary.json: counts, tokens per model, latency and TTFT percentiles, throughput.
+"""summary.json: counts, tokens and cost per model, latency and TTFT percentiles, throughput.
 
 Built from results.jsonl, plus the journal records of lines done beyond a gap (a run
 stopped early), at the end of every session, so it always describes the whole batch
@@ -28,12 +28,14 @@ from typing import Any
 import orjson
 
 from .outdir import Paths, write_atomic
+from .prices import PriceTable, Tokens, actual_cost
 from .records import Record
 
 __all__ = [
     "SessionInfo",
     "Totals",
     "build_summary",
+    "cost_section",
     "percentiles",
     "read_totals",
     "write_summary",
@@ -98,6 +100,13 @@ class Totals:
         keys = ("prompt_tokens", "completion_tokens", "total_tokens")
         return {k: sum(m[k] for m in self.tokens_by_model.values()) for k in keys}
 
+    def tokens_used(self) -> dict[str, Tokens]:
+        """Prompt and completion tokens per model, as prices.actual_cost takes them."""
+        return {
+            model: Tokens(tokens["prompt_tokens"], tokens["completion_tokens"])
+            for model, tokens in self.tokens_by_model.items()
+        }
+
 
 @dataclass(frozen=True)
 class SessionInfo:
@@ -152,8 +161,11 @@ def build_summary(
     session: SessionInfo,
     extra: dict[str, Any],
     pending: Iterable[Span] = (),
+    *,
+    prices: PriceTable | None = None,
 ) -> dict[str, Any]:
-    """`pending`: journal spans of records done but not yet in results.jsonl."""
+    """`pending`: journal spans of records done but not yet in results.jsonl.
+    `prices`: the table costs are computed with (the bundled one if None)."""
     totals = read_totals(paths.results, paths.journal, pending)
     requests = int(manifest["requests"])
     done = totals.ok + totals.failed
@@ -175,6 +187,7 @@ def build_summary(
         "attempts": {"total": totals.attempts, "retries": max(0, totals.attempts - done)},
         "tokens": totals.token_totals(),
         "tokens_by_model": totals.tokens_by_model,
+        "cost": cost_section(totals, prices or PriceTable.bundled()),
         "latency_ms": percentiles(totals.latencies_ms),
         "ttft_ms": percentiles(totals.ttfts_ms),
         "decode_tokens_per_s": percentiles(totals.decode_tokens_per_s),
@@ -190,6 +203,14 @@ def build_summary(
         },
         **extra,
     }
+
+
+def cost_section(totals: Totals, prices: PriceTable) -> dict[str, Any]:
+    """USD per model and in total, priced from the summed tokens (one exact product per
+    model), and the price each figure used with its source. A model with no price costs
+    null with a note: the total covers priced models only, `unpriced` names the rest."""
+    used = totals.tokens_used()
+    return {**actual_cost(prices, used).to_dict(), "prices": prices.used(used)}
 
 
 def _session_rates(session: SessionInfo) -> dict[str, float | None]:

@@ -268,3 +268,13 @@ async def test_the_progress_line_shows_limits_in_flight_limit_and_pauses(
     assert "2,850 req/minute (learned)" in shown
     assert re.search(r"in flight \d+ \(limit \d+\)", shown)
     assert "paused 1 s in all" in shown or "paused 2 s: HTTP 429" in shown
+
+
+@pytest.mark.anyio
+async def test_a_rejected_key_costs_a_handful_of_requests_at_any_concurrency(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    server = mock_server(fault="401")
+    report = await run(config(lines(tmp_path, 300), server, concurrency=64))
+    assert report.exit_code == 3 and "consecutive HTTP 401" in report.summary["reason"]
+    assert server.requests_received <= 5

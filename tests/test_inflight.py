@@ -51,7 +51,7 @@ def test_a_burst_of_429s_from_one_round_is_one_cut() -> None:
     sent = clock.now
     clock.now += 0.05
     for _ in range(64):  # the whole round comes back 429
-        limit.on_rate_limited(sent_at=sent)
+        limit.on_refused(sent_at=sent)
     assert (limit.limit, limit.cuts, limit.threshold) == (32, 1, 32)
 
 
@@ -61,7 +61,7 @@ def test_a_storm_halves_the_limit_each_round_and_recovery_is_fast() -> None:
     for _ in range(20):  # 20 probes after 20 shared pauses: all refused
         sent = clock.now
         clock.now += 1.0
-        limit.on_rate_limited(sent_at=sent)
+        limit.on_refused(sent_at=sent)
     assert (limit.limit, limit.threshold, limit.lowest) == (1, 32, 1)
     rounds = 0
     while limit.limit < 64:  # the storm is over: slow start back to 32, then +1 a round
@@ -75,11 +75,11 @@ def test_replies_to_requests_sent_before_a_cut_neither_grow_nor_cut() -> None:
     limit = full(16, clock)
     old = clock.now
     clock.now += 1
-    limit.on_rate_limited(sent_at=old)
+    limit.on_refused(sent_at=old)
     assert limit.limit == 8
     for _ in range(100):
         limit.on_success(in_flight=16, sent_at=old)
-    limit.on_rate_limited(sent_at=old)
+    limit.on_refused(sent_at=old)
     assert (limit.limit, limit.cuts) == (8, 1)
 
 
@@ -99,7 +99,7 @@ def test_503s_and_timeouts_cut_only_as_a_streak() -> None:
 def test_growth_only_while_the_pool_is_full() -> None:
     clock = FakeClock()
     limit = full(16, clock)
-    limit.on_rate_limited(sent_at=clock.now)
+    limit.on_refused(sent_at=clock.now)
     clock.now += 1
     assert limit.limit == 8
     for _ in range(100):
@@ -125,7 +125,7 @@ def test_the_limit_stays_between_one_and_the_maximum(
         clock.now += 0.01
         sent = clock.now - age
         if kind == "429":
-            limit.on_rate_limited(sent)
+            limit.on_refused(sent)
         elif kind == "503":
             limit.on_overload(sent)
         else:

@@ -58,6 +58,8 @@ def test_error_digest_counts_causes_not_lines(tmp_path: Path) -> None:
     ]
     records += [{"error": {"type": "http_status", "message": "HTTP 503", "retryable": True}}] * 2
     records += [{"error": 5}, {"error": {"type": "timeout", "message": "t", "retryable": True}}]
+    records = [{"status": "error", **r} for r in records]
+    records.append({"status": "ok", "error": {"type": "timeout", "retryable": True}})
     errors.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records) + b"{torn")
     digest = error_digest(errors)
     assert digest["retryable_failed"] == 3
