@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ._version import __version__
-from .checkfile import check_file
+from .checkfile import check_file, check_job
 from .config import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
@@ -539,7 +539,7 @@ def validate_command(
     max_line_bytes: int,
     as_json: bool,
 ) -> None:
-    """Check every line of INPUT without sending anything.
+    """Check every line of INPUT (or every row of a job file) without sending anything.
 
     Prints the lines, the invalid ones with their reasons (the first 20, and how many
     more), the requests per model, their estimated prompt tokens and maximum completion
@@ -549,18 +549,28 @@ def validate_command(
     \b
     Examples:
       batchrun validate labels.jsonl
+      batchrun validate jobs/label-sentiment.toml          # a job: its rows as requests
       batchrun validate batch.jsonl -m mistral-small-latest --prices our-prices.toml
       batchrun validate evals.jsonl --json | jq .cost
     """
     try:
-        prices = load_prices(prices_file)
-        check = check_file(
-            input_path,
-            prices,
-            max_line_bytes=max_line_bytes,
-            model=model,
-            override_model=override_model,
-        )
+        if is_job(input_path):
+            job = load_job(input_path)
+            check = check_job(
+                job,
+                load_prices(prices_file, job.prices),
+                max_line_bytes=max_line_bytes,
+                model=model,
+                override_model=override_model,
+            )
+        else:
+            check = check_file(
+                input_path,
+                load_prices(prices_file),
+                max_line_bytes=max_line_bytes,
+                model=model,
+                override_model=override_model,
+            )
     except BatchrunError as exc:
         stderr_console().print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
         sys.exit(exc.exit_code)

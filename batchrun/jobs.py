@@ -29,7 +29,16 @@ from .rows import RowFormat, row_format, sample_rows
 from .templates import MessageTemplates, TemplateError, compile_messages
 from .validate import FIELDS, validate_body
 
-__all__ = ["JOB_SUFFIX", "Job", "JobInput", "OutputKeys", "apply_job", "is_job", "load_job"]
+__all__ = [
+    "JOB_SUFFIX",
+    "Job",
+    "JobInput",
+    "OutputKeys",
+    "apply_job",
+    "check_model",
+    "is_job",
+    "load_job",
+]
 
 JOB_SUFFIX = ".toml"
 SAMPLE_ROWS = 100  # the rows a template's fields are checked against before sending
@@ -197,6 +206,7 @@ RUN_KEYS: dict[str, _RunKey] = {
     "max_tokens_total": _RunKey(_positive_int, _guards("max_tokens_total"), "max_tokens_total"),
     "max_error_rate": _RunKey(_fraction, _guards("max_error_rate"), "max_error_rate"),
     "max_rate_limit_wait": _RunKey(_duration, _retry("rate_limit_wait"), "max_rate_limit_wait"),
+    "max_cost": _RunKey(_number, _guards("max_cost"), "max_cost"),
 }
 
 
@@ -210,12 +220,19 @@ def apply_job(job: Job, flags: RunConfig, explicit: Collection[str]) -> RunConfi
         setting = RUN_KEYS[key]
         if setting.flag not in explicit:
             config = setting.apply(config, value)
-    if "model" not in job.request and config.model is None and config.override_model is None:
+    if job.prices is not None:  # under --prices FILE, which prices.load_prices lays on top
+        config = replace(config, price_overrides=job.prices)
+    check_model(job, config.model, config.override_model)
+    return config
+
+
+def check_model(job: Job, model: str | None, override_model: str | None) -> None:
+    """A job whose [request] names no model needs -m (or --override-model)."""
+    if "model" not in job.request and model is None and override_model is None:
         raise ConfigError(
             f'{job.path}: [request] names no model: add model = "..." to it, or pass '
             "-m MODEL; nothing was sent"
         )
-    return config
 
 
 # --- loading -----------------------------------------------------------------------------

@@ -297,13 +297,19 @@ class LineParser:
         except InvalidInput as exc:
             return BadLine(index, raw.number, custom_id, exc.at_line(raw.number))
         payload = raw.data if self.format is InputFormat.PLAIN and not changed else _dumps(body)
+        return self._request(index, raw.number, custom_id, payload, body)
+
+    def _request(
+        self, index: int, line: int, custom_id: str | None, payload: bytes, body: dict[str, Any]
+    ) -> Request:
+        """The request of a validated, completed `body` sent as `payload`."""
         stream = body.get("stream") is True
         model = body["model"]  # validated: a non-empty string
         if not self.estimate:
-            return Request(index, raw.number, custom_id, payload, stream, 0, model)
+            return Request(index, line, custom_id, payload, stream, 0, model)
         completion = max_completion_tokens(body)
         tokens = estimate_prompt_tokens(body) + completion
-        return Request(index, raw.number, custom_id, payload, stream, tokens, model, completion)
+        return Request(index, line, custom_id, payload, stream, tokens, model, completion)
 
     def _unwrap(self, obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         found = detect_format(obj)

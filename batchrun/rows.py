@@ -28,7 +28,6 @@ import orjson
 from .config import RunConfig
 from .dupes import DuplicateFinder
 from .errors import InputError, InvalidInput
-from .limits import estimate_tokens
 from .outdir import FILE_MODE, Paths, write_all, writing
 from .reader import (
     InputFormat,
@@ -53,6 +52,7 @@ __all__ = [
     "iter_rows",
     "make_parser",
     "row_format",
+    "row_requests",
     "sample_rows",
     "scan_rows",
     "write_rows",
@@ -232,7 +232,7 @@ class RowParser(LineParser):
         )
         self.job = job
         self._id = job.input.id
-        self._request = dict(job.request)
+        self._fields = dict(job.request)  # the [request] body fields
         self._messages = job.messages
 
     def parse_row(self, row: Row, index: int) -> Request | BadLine:
@@ -242,14 +242,13 @@ class RowParser(LineParser):
                 # A CSV row with extra values still says whose it is.
                 custom_id = row_id(row.value if row.value is not None else row.read(), self._id)
             value = row.read()
-            body = {**self._request, "messages": self._messages.render(value)}
+            body = {**self._fields, "messages": self._messages.render(value)}
             self._complete(body)
             for warning in validate_body(body):
                 self._warn(warning, row.line)
         except InvalidInput as exc:
             return BadLine(index, row.line, custom_id, exc.at_line(row.line))
-        tokens = estimate_tokens(body) if self.estimate else 0
-        return Request(index, row.line, custom_id, orjson.dumps(body), self.force_stream, tokens)
+        return self._request(index, row.line, custom_id, orjson.dumps(body), body)
 
 
 def make_parser(config: RunConfig, fmt: InputFormat, *, estimate: bool) -> LineParser:
@@ -286,14 +285,17 @@ def iter_lines(
             limit=config.limit,
             size=scan.size,
         )
-    return _row_requests(config, scan, parser, skip)
-
-
-def _row_requests(
-    config: RunConfig, scan: InputScan, parser: RowParser, skip: Callable[[int], bool]
-) -> Iterator[Request | BadLine]:
     count = scan.requests if config.limit is None else min(scan.requests, config.limit)
-    rows = iter_rows(config.input_path, parser.job.input.format, config.max_line_bytes)
+    return row_requests(parser, count, config.max_line_bytes, skip=skip)
+
+
+def row_requests(
+    parser: RowParser, count: int, max_line_bytes: int, *, skip: Callable[[int], bool]
+) -> Iterator[Request | BadLine]:
+    """The first `count` rows of the parser's job as requests, in order, the ones `skip`
+    says are done left unparsed."""
+    job = parser.job
+    rows = iter_rows(job.input.path, job.input.format, max_line_bytes)
     for index, row in enumerate(islice(rows, count)):
         if not skip(index):
             yield parser.parse_row(row, index)

@@ -422,3 +422,59 @@ def test_rows_that_are_not_a_regular_file_are_refused(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "job.toml:2: input.path:" in result.output
     assert "must be a regular file" in one_line(result.output)
+
+
+# --- cost: [prices], [run] max_cost and `batchrun validate JOB` -------------------------------
+
+PRICED = JOB.replace('model = "mistral-small-latest"', 'model = "house-model"')
+PRICES = '\n[prices]\n"house-model" = { input = 2.0, output = 3.0, source = "our contract" }\n'
+
+
+def test_job_prices_price_the_summary(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    job = write_job(tmp_path, PRICED + PRICES)
+    out = tmp_path / "out"
+    assert run_job(job, mock_server(), "-o", str(out)).exit_code == 0
+    usage = [r["response"]["usage"] for r in read_jsonl(out / "results.jsonl")]
+    prompt = sum(u["prompt_tokens"] for u in usage)
+    completion = sum(u["completion_tokens"] for u in usage)
+    cost = orjson.loads((out / "summary.json").read_bytes())["cost"]
+    assert cost["models"]["house-model"]["usd"] == pytest.approx(
+        (2.0 * prompt + 3.0 * completion) / 1e6
+    )
+    assert cost["unpriced"] == []
+
+
+def test_run_max_cost_needs_a_price_which_job_prices_give(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    log = tmp_path / "requests.log"
+    server = mock_server(request_log=log)
+    job = write_job(tmp_path, PRICED + "\n[run]\nmax_cost = 5\n")
+    result = run_job(job, server, "-o", str(tmp_path / "a"))
+    assert result.exit_code == 1
+    assert "--max-cost needs a price for every model" in one_line(result.output)
+    assert logged(log) == []
+    job.write_text(PRICED + "\n[run]\nmax_cost = 5\n" + PRICES, encoding="utf-8")
+    result = run_job(job, server, "-o", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    assert len(logged(log)) == len(ROWS)
+
+
+def test_validate_checks_a_jobs_rows_without_sending(tmp_path: Path) -> None:
+    rows: list[Any] = [{"id": "a", "text": "hello"}, {"id": "b"}, {"id": "c", "text": "x" * 40}]
+    job = write_job(tmp_path, PRICED + PRICES, rows)
+    result = CliRunner().invoke(main, ["validate", str(job), "--json"])
+    assert result.exit_code == 2, result.output  # one row lacks `text`
+    report = orjson.loads(result.output)
+    assert (report["lines"], report["valid"], report["invalid"]) == (3, 2, 1)
+    invalid = report["invalid_lines"][0]
+    assert (invalid["line"], invalid["field"]) == (2, "text")
+    assert invalid["reason"].startswith("missing from the row")
+    assert report["models"]["house-model"]["requests"] == 2
+    assert report["cost"]["unpriced"] == []
+    broken = write_job(tmp_path, PRICED.replace("{text}", "{txt}"), rows)
+    result = CliRunner().invoke(main, ["validate", str(broken)])
+    assert result.exit_code == 1
+    assert "messages[0].content: {txt}" in one_line(result.output)
