@@ -124,7 +124,7 @@ class _Run:
         (exit 3) naming the file, after everything that could be written was."""
         writer = ResultWriter(self.paths, self.state, secret=secret)
         try:
-            sent_log = SentLog(self.paths, on_error=self._stop_writing)
+            sent_log = SentLog(self.paths, self.scan.requests)
         except Aborted:
             writer.close()
             raise

@@ -2,8 +2,8 @@
 
 The dispatcher must give every waiting worker a line in the same loop turn, not one
 line per turn (that cost about one extra loop turn per request). A probe task in the
-run's own event loop counts the lines marked in sent.log (each worker marks its line
-before sending it) between two of its own turns: no clock involved.
+run's own event loop counts the lines marked in sent.log (a byte per line; each worker
+marks its line before sending it) between two of its own turns: no clock involved.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ CONCURRENCY = 16
 
 def _marked(sent: Path) -> int:
     try:
-        return sent.read_bytes().count(b"\n")
+        return sent.read_bytes().count(1)
     except FileNotFoundError:
         return 0
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from batchrun import run_batch
 from batchrun.config import RunConfig
 from batchrun.errors import ResumeRefused
-from batchrun.journal import ResumeState
+from batchrun.journal import ResumeState, SentLog, count_resent
 from batchrun.mock import MockServer
 from batchrun.outdir import OutdirLock, Paths
 from batchrun.reader import InputFormat, InputScan
@@ -243,3 +243,20 @@ async def test_a_corrupt_last_line_is_refused_truthfully_end_to_end(
             journal.write(b'{"index": 2, "status": "ok", "respo\n')  # whole line, bad JSON
         with pytest.raises(ResumeRefused, match="is the last line but ends in a newline"):
             await run_batch(replace(config, limit=None), api_key="sk-journal-test-key")
+
+
+def test_sent_log_is_a_byte_per_line_and_reads_the_older_text_format(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    state = ResumeState(requests=5, done=bytearray([1, 0, 0, 0, 0]))
+    paths.sent.write_bytes(b"0\n1\n3\n")  # an OUTDIR of an earlier version
+    assert count_resent(paths.sent, state) == 2  # 1 and 3: sent, never journaled
+    sent = SentLog(paths, 5)  # the old file is started anew, in the new format
+    sent.mark(2)
+    sent.mark(4)
+    assert paths.sent.read_bytes() == b"\x00\x00\x01\x00\x01"
+    assert count_resent(paths.sent, state) == 2
+    sent.close()
+    again = SentLog(paths, 5)  # a resume keeps the marks already made
+    again.mark(0)
+    again.close()
+    assert paths.sent.read_bytes() == b"\x01\x00\x01\x00\x01"
