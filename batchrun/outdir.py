@@ -82,6 +82,16 @@ class Paths:
         return self.outdir / "sent.log"
 
     @property
+    def rows_jsonl(self) -> Path:
+        """A job's input rows with their outputs merged in (rows.py)."""
+        return self.outdir / "rows.jsonl"
+
+    @property
+    def rows_csv(self) -> Path:
+        """The same for a job whose rows came from a CSV file."""
+        return self.outdir / "rows.csv"
+
+    @property
     def lock(self) -> Path:
         return self.outdir / ".lock"
 
@@ -100,6 +110,7 @@ class Paths:
         return (
             *(self.manifest, self.journal, self.results, self.errors, self.summary, self.sent),
             self.batch_output,
+            *(self.rows_jsonl, self.rows_csv),
         )
 
     def outputs(self) -> tuple[Path, ...]:
@@ -226,6 +237,8 @@ def check_manifest(path: Path, expected: dict[str, Any]) -> None:
         # Both sides' keys: a setting stored only when used (--override-model) is in
         # just one of them.
         keys = sorted({*before, *now})
+        if before.get("job") != now.get("job"):
+            raise ResumeRefused(_job_changed(path.parent, before.get("job"), now.get("job")))
         changed = [
             f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)
         ]
@@ -233,6 +246,21 @@ def check_manifest(path: Path, expected: dict[str, Any]) -> None:
             f"{path.parent} was started with other request settings ({'; '.join(changed)}); "
             "resuming would mix two configurations. Use the same flags, or --fresh."
         )
+
+
+def _job_changed(outdir: Path, before: object, now: object) -> str:
+    if before is None or now is None:
+        what = "a job file" if now is not None else "a request file"
+        return (
+            f"{outdir} was started by another kind of run; this one is {what}. "
+            "Use another -o, or --fresh to discard it."
+        )
+    return (
+        f"{outdir} was started with another version of this job: its [request], "
+        "[[messages]], [input] id or [output] changed since, and resuming would mix "
+        "two prompts in one result set. Restore the job file to resume, or rerun with "
+        "--fresh to start over (or give another -o)."
+    )
 
 
 def write_atomic(path: Path, data: bytes) -> None:
