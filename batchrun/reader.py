@@ -302,15 +302,16 @@ class LineParser:
         except InvalidInput as exc:
             return BadLine(index, raw.number, custom_id, exc.at_line(raw.number))
         payload = raw.data if self.format is InputFormat.PLAIN and not changed else _dumps(body)
-        return self._request(index, raw.number, custom_id, payload, body, checker)
+        return self._request(index, raw.number, custom_id, payload, body, checker=checker)
 
-    def _request(  # noqa: PLR0917 (private, two callers, each passes all six)
+    def _request(
         self,
         index: int,
         line: int,
         custom_id: str | None,
         payload: bytes,
         body: dict[str, Any],
+        *,
         checker: OutputChecker | None,
     ) -> Request:
         """The request of a validated, completed `body` sent as `payload`."""

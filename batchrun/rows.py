@@ -249,7 +249,7 @@ class RowParser(LineParser):
             checker = self._checker(body)  # compiled once: every row shares the job's format
         except InvalidInput as exc:
             return BadLine(index, row.line, custom_id, exc.at_line(row.line))
-        return self._request(index, row.line, custom_id, orjson.dumps(body), body, checker)
+        return self._request(index, row.line, custom_id, orjson.dumps(body), body, checker=checker)
 
 
 def make_parser(config: RunConfig, fmt: InputFormat, *, estimate: bool) -> LineParser:
