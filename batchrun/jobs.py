@@ -207,6 +207,7 @@ RUN_KEYS: dict[str, _RunKey] = {
     "max_error_rate": _RunKey(_fraction, _guards("max_error_rate"), "max_error_rate"),
     "max_rate_limit_wait": _RunKey(_duration, _retry("rate_limit_wait"), "max_rate_limit_wait"),
     "max_cost": _RunKey(_number, _guards("max_cost"), "max_cost"),
+    "schema_retries": _RunKey(_count, _top("schema_retries"), "schema_retries"),
 }
 
 

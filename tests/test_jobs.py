@@ -478,3 +478,22 @@ def test_validate_checks_a_jobs_rows_without_sending(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["validate", str(broken)])
     assert result.exit_code == 1
     assert "messages[0].content: {txt}" in one_line(result.output)
+
+
+def test_run_schema_retries_bounds_the_re_asks(
+    mock_server: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    schema = '{type = "object", properties = {label = {type = "string"}}, required = ["label"]}'
+    text = JOB.replace(
+        'model = "mistral-small-latest"\n',
+        'model = "mistral-small-latest"\n'
+        'response_format = {type = "json_schema", '
+        f'json_schema = {{name = "l", schema = {schema}}}}}\n'
+        'metadata = {mock = {fault = "schema_violation"}}\n',
+    )
+    job = write_job(tmp_path, text + "\n[run]\nschema_retries = 1\n")
+    result = run_job(job, mock_server())
+    assert result.exit_code == 2, result.output
+    records = read_jsonl(tmp_path / "job.batchrun" / "results.jsonl")
+    assert {r["error"]["type"] for r in records} == {"schema_violation"}
+    assert {r["schema_attempts"] for r in records} == {2}  # the first reply and one re-ask
