@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from batchrun import ConfigError
 from batchrun.scoring import (
+    CACHED_CHARACTERS,
+    PUNCTUATION,
     Choice,
     Exact,
     JsonField,
@@ -442,3 +444,9 @@ def test_a_long_hostile_output_is_scored_in_linear_time() -> None:
     output = "A " * 200_000 + "x"
     assert score("choice", output, "A") == 0
     assert score("choice:a b,b", output, "b") == 0
+
+
+def test_the_punctuation_table_stays_bounded() -> None:
+    many = "".join(map(chr, range(0x4E00, 0x4E00 + 2 * CACHED_CHARACTERS))) + "。!"
+    assert normalize(many) == normalize(many[:-2])  # still deleted once the table is full
+    assert len(PUNCTUATION) <= CACHED_CHARACTERS
