@@ -103,6 +103,8 @@ class Scorer(Protocol):
 
 def parse_scorer(spec: str) -> Scorer:
     """The scorer a spec names; ConfigError naming the spec when it names none."""
+    if not isinstance(spec, str):  # a job file's list may hold anything
+        raise ConfigError(f"a scorer is a string such as 'exact', not {spec!r}")
     kind, colon, argument = spec.partition(":")
     build = KINDS.get(kind)
     if build is None:
@@ -118,6 +120,8 @@ def parse_scorer(spec: str) -> Scorer:
 
 def parse_scorers(specs: Sequence[str]) -> tuple[Scorer, ...]:
     """Every spec of an `[eval]` table's `scorers`, at least one, none twice."""
+    if isinstance(specs, str):
+        raise ConfigError(f"scorers is a list of scorers: [{specs!r}], not {specs!r}")
     if not specs:
         raise ConfigError("an eval needs at least one scorer")
     repeated = sorted({spec for spec in specs if specs.count(spec) > 1})

@@ -93,6 +93,10 @@ def test_a_scorer_list_is_not_empty_and_names_each_scorer_once() -> None:
         parse_scorers([])
     with pytest.raises(ConfigError, match="scorer listed twice: exact"):
         parse_scorers(["exact", "contains", "exact"])
+    with pytest.raises(ConfigError, match=r"scorers is a list of scorers: \['exact'\]"):
+        parse_scorers("exact")
+    with pytest.raises(ConfigError, match="a scorer is a string such as 'exact', not 3"):
+        parse_scorers(["exact", 3])  # type: ignore[list-item]
 
 
 def test_score_output_is_the_records_score_object() -> None:
@@ -397,9 +401,14 @@ def test_choice_with_labels_finds_the_first_label_anywhere() -> None:
 
 # --- properties -------------------------------------------------------------------------------
 
+
+def json_containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    json_containers,
     max_leaves=12,
 )
 # Every code point, lone surrogates included: outputs are untrusted.
