@@ -612,6 +612,7 @@ Per request, in the body: "metadata": {"mock": {...}} with
   retry_after      Retry-After seconds on this request's 429
   retry_after_ms   retry-after-ms header on this request's 429
   drip_ms          send the reply one byte every N ms
+  reply            the completion's content: a string, or any JSON value as its compact JSON
   raw              script the whole reply: {"status": S, "headers": [[NAME, VALUE], ...],
                    "body": TEXT} (or "body_base64"), or "events": [DATA, {"raw": TEXT}]
                    for an event stream (a string goes out as `data: DATA`, a raw item
