@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -263,12 +263,20 @@ def _job_changed(outdir: Path, before: object, now: object) -> str:
     )
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` whole or not at all (a failed write leaves no temp file)."""
+WRITE_CHUNK_BYTES = 1 << 20  # pieces gathered per write when streaming a file out
+
+
+def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Replace `path` with `data` (bytes, or pieces written in chunks as they come) whole
+    or not at all: a temp file beside it, synced, then swapped in; a failed write
+    leaves no temp file."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
-        write_all(fd, data)
+        if isinstance(data, bytes):
+            write_all(fd, data)
+        else:
+            _write_chunked(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -276,6 +284,16 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
     os.close(fd)
     tmp.replace(path)
+
+
+def _write_chunked(fd: int, pieces: Iterable[bytes]) -> None:
+    chunk = bytearray()
+    for piece in pieces:
+        chunk += piece
+        if len(chunk) >= WRITE_CHUNK_BYTES:
+            write_all(fd, chunk)
+            chunk.clear()
+    write_all(fd, chunk)
 
 
 def open_append(path: os.PathLike[str]) -> int:

@@ -14,7 +14,6 @@ import contextlib
 import csv
 import hashlib
 import io
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import orjson
 from .config import RunConfig
 from .dupes import DuplicateFinder
 from .errors import InputError, InvalidInput
-from .outdir import FILE_MODE, Paths, write_all, writing
+from .outdir import Paths, write_atomic, writing
 from .reader import (
     InputFormat,
     InputScan,
@@ -59,7 +58,6 @@ __all__ = [
 ]
 
 MAX_DUPLICATES_SHOWN = 5
-FLUSH_BYTES = 1 << 20
 # One CSV field may be as long as a JSONL line may be; csv's own default is 128 KiB.
 csv.field_size_limit(sys.maxsize)
 
@@ -318,9 +316,9 @@ def write_rows(paths: Paths, job: Job, max_line_bytes: int) -> Path:
         pairs = zip(rows, results, strict=False)
         labelled = (_labelled(row, Record.parse(line), job) for row, line in pairs)
         if job.input.format is RowFormat.CSV:
-            _replace(target, _csv_lines(labelled, csv_columns(job.input.path), job))
+            write_atomic(target, _csv_lines(labelled, csv_columns(job.input.path), job))
         else:
-            _replace(target, (orjson.dumps(row) + b"\n" for row in labelled))
+            write_atomic(target, (orjson.dumps(row) + b"\n" for row in labelled))
     return target
 
 
@@ -361,24 +359,3 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else orjson.dumps(value).decode()
-
-
-def _replace(target: Path, lines: Iterator[bytes]) -> None:
-    """Write `lines` to a temp file beside `target`, sync it, then swap it in."""
-    tmp = target.with_name(target.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        chunk = bytearray()
-        for line in lines:
-            chunk += line
-            if len(chunk) >= FLUSH_BYTES:
-                write_all(fd, chunk)
-                chunk.clear()
-        write_all(fd, chunk)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    tmp.replace(target)
