@@ -16,17 +16,20 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import ConfigError
+from .jobs import Job, check_model
 from .limits import CHARS_PER_TOKEN, DEFAULT_MAX_TOKENS, TOKENS_PER_MESSAGE
 from .outcome import EXIT_FAILED_LINES, EXIT_OK
 from .prices import CostEstimate, CostRange, PriceTable, Tokens, estimate_cost, format_usd
 from .reader import InputScan, LineParser, check_models, iter_requests, scan_input
 from .records import BadLine, Request
+from .rows import RowParser, iter_lines, make_parser, row_requests, scan_rows
 
 __all__ = [
     "MAX_SHOWN",
     "InputCheck",
     "ModelTally",
     "check_file",
+    "check_job",
     "refuse_unpriced",
     "tally",
 ]
@@ -229,6 +232,31 @@ def check_file(
     )
 
 
+def check_job(
+    job: Job,
+    prices: PriceTable,
+    *,
+    max_line_bytes: int,
+    model: str | None = None,
+    override_model: str | None = None,
+) -> InputCheck:
+    """Check a job's rows as `batchrun run JOB` would turn them into requests (its
+    [input] limit included). A job or rows file no run could use raises as the run would."""
+    check_model(job, model, override_model)
+    scan = scan_rows(job, max_line_bytes)
+    parser = RowParser(
+        job, scan.format, default_model=model, override_model=override_model, estimate=True
+    )
+    count = scan.requests if job.input.limit is None else min(scan.requests, job.input.limit)
+    return tally(
+        row_requests(parser, count, max_line_bytes, skip=_nothing_done),
+        prices,
+        warnings=parser.warnings,
+        input_name=str(job.path),
+        input_format=scan.format.value,
+    )
+
+
 def _nothing_done(_index: int) -> bool:
     return False
 
@@ -241,15 +269,8 @@ def refuse_unpriced(
     the models. Reads the lines still to send (not `skip`ped) as the run will."""
     models: set[str | None] = {config.override_model}
     if config.override_model is None:
-        parser = LineParser(scan.format, default_model=config.model)
-        lines = iter_requests(
-            config.input_path,
-            parser,
-            config.max_line_bytes,
-            skip=skip,
-            limit=config.limit,
-            size=scan.size,
-        )
+        parser = make_parser(config, scan.format, estimate=False)
+        lines = iter_lines(config, scan, parser, skip=skip)
         models = {line.model for line in lines if isinstance(line, Request)}
     unpriced = sorted(str(m) for m in models if m is None or prices.price(m) is None)
     if unpriced:

@@ -26,7 +26,7 @@ from rich.text import Text
 from ._version import __version__
 from .cache import default_cache_dir
 from .cache_cli import cache
-from .checkfile import check_file
+from .checkfile import check_file, check_job
 from .cli_base import CONTEXT, Group
 from .config import (
     DEFAULT_API_KEY_ENV,
@@ -41,6 +41,7 @@ from .config import (
 )
 from .config import default_outdir as _default_outdir
 from .errors import BatchrunError
+from .jobs import apply_job, is_job, load_job
 from .mock.kinds import FAULT_HELP, FAULT_KINDS
 from .outcome import EXIT_INTERRUPTED, RunReport
 from .prices import load_prices
@@ -130,7 +131,8 @@ def main() -> None:
     "--output",
     "outdir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory. Default: INPUT's name with .batchrun, next to it.",
+    help="Output directory. Default: a job's [run] output, else INPUT's name with "
+    ".batchrun, next to it.",
 )
 @click.option("-c", "--concurrency", default=32, show_default=True, help="Requests in flight.")
 @click.option("--max-attempts", default=5, show_default=True, help="Attempts per line.")
@@ -347,11 +349,16 @@ def run(
 ) -> None:
     """Send every line of INPUT and write results.jsonl, errors.jsonl, summary.json.
 
+    INPUT is a JSONL file of requests, or a job file (.toml, see docs/jobs.md) whose
+    rows are sent through its templates; a job run also writes rows.jsonl (rows.csv),
+    its rows with their outputs. A flag given here overrides the job's value.
+
     Rerunning the same command resumes: completed lines are never sent again.
 
     \b
     Examples:
       batchrun run jobs/demo.jsonl --mock                  # no key, no network
+      batchrun run jobs/label-sentiment.toml --mock        # a job: rows -> labelled rows
       MISTRAL_API_KEY=... batchrun run labels.jsonl -o out/ -c 64
       batchrun run batch.jsonl -m mistral-small-latest     # Mistral batch lines
       batchrun run evals.jsonl --override-model mistral-large-latest  # another model
@@ -410,7 +417,10 @@ def run(
                 cache_server=MOCK_CACHE_SERVER if mock_url else None,
             )
 
-        report = _run_or_exit(err, api_key, config, show_progress=not quiet)
+        build = config
+        if is_job(input_path):
+            build = lambda: _with_job(input_path, config(), mock=mock_url is not None)  # noqa: E731
+        report = _run_or_exit(err, api_key, build, show_progress=not quiet)
     for repair in report.repairs:
         err.print(Text.assemble(("repaired", "yellow"), f": {repair}"))
     if not quiet:
@@ -420,6 +430,17 @@ def run(
     if as_json:
         click.echo(orjson.dumps(report.summary, option=orjson.OPT_INDENT_2).decode())
     sys.exit(report.exit_code)
+
+
+def _with_job(path: Path, flags: RunConfig, *, mock: bool) -> RunConfig:
+    """The job at `path` laid over the flags; the flags the user gave win (--mock's
+    server wins over the job's base_url)."""
+    ctx = click.get_current_context()
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    explicit = {name for name in ctx.params if ctx.get_parameter_source(name) in given}
+    if mock:
+        explicit.add("base_url")
+    return apply_job(load_job(path), flags, explicit)
 
 
 def _cache_dir(flag: str | None) -> Path | None:
@@ -521,7 +542,7 @@ def validate_command(
     max_line_bytes: int,
     as_json: bool,
 ) -> None:
-    """Check every line of INPUT without sending anything.
+    """Check every line of INPUT (or every row of a job file) without sending anything.
 
     Prints the lines, the invalid ones with their reasons (the first 20, and how many
     more), the requests per model, their estimated prompt tokens and maximum completion
@@ -531,18 +552,28 @@ def validate_command(
     \b
     Examples:
       batchrun validate labels.jsonl
+      batchrun validate jobs/label-sentiment.toml          # a job: its rows as requests
       batchrun validate batch.jsonl -m mistral-small-latest --prices our-prices.toml
       batchrun validate evals.jsonl --json | jq .cost
     """
     try:
-        prices = load_prices(prices_file)
-        check = check_file(
-            input_path,
-            prices,
-            max_line_bytes=max_line_bytes,
-            model=model,
-            override_model=override_model,
-        )
+        if is_job(input_path):
+            job = load_job(input_path)
+            check = check_job(
+                job,
+                load_prices(prices_file, job.prices),
+                max_line_bytes=max_line_bytes,
+                model=model,
+                override_model=override_model,
+            )
+        else:
+            check = check_file(
+                input_path,
+                load_prices(prices_file),
+                max_line_bytes=max_line_bytes,
+                model=model,
+                override_model=override_model,
+            )
     except BatchrunError as exc:
         stderr_console().print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
         sys.exit(exc.exit_code)
@@ -563,6 +594,7 @@ Per request, in the body: "metadata": {"mock": {...}} with
   retry_after      Retry-After seconds on this request's 429
   retry_after_ms   retry-after-ms header on this request's 429
   drip_ms          send the reply one byte every N ms
+  reply            the completion's content: a string, or any JSON value as its compact JSON
   raw              script the whole reply: {"status": S, "headers": [[NAME, VALUE], ...],
                    "body": TEXT} (or "body_base64"), or "events": [DATA, {"raw": TEXT}]
                    for an event stream (a string goes out as `data: DATA`, a raw item

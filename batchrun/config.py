@@ -13,12 +13,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -178,6 +181,9 @@ class RunConfig:
     # times before the line is recorded as schema_violation (not transport retries).
     schema_retries: int = 2
     output_format: str | None = None  # also write OUTDIR/batch_output.jsonl in this shape
+    # A job file (jobs.py): `input_path` is then its rows file, turned into requests by
+    # its templates. Its content is a request setting: an edited prompt cannot resume.
+    job: Job | None = None
     # The request cache's directory (cache.py), None: no cache. Not a request setting:
     # a resume may turn it on or off, what is sent stays the same.
     cache_dir: Path | None = None
@@ -209,6 +215,8 @@ class RunConfig:
         settings: dict[str, Any] = {"model": self.model, "stream": self.stream}
         if self.override_model is not None:  # absent when unused: older OUTDIRs still resume
             settings["override_model"] = self.override_model
+        if self.job is not None:
+            settings["job"] = self.job.sha256
         return settings
 
     def settings_hash(self) -> str:

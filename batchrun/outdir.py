@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +82,16 @@ class Paths:
         return self.outdir / "sent.log"
 
     @property
+    def rows_jsonl(self) -> Path:
+        """A job's input rows with their outputs merged in (rows.py)."""
+        return self.outdir / "rows.jsonl"
+
+    @property
+    def rows_csv(self) -> Path:
+        """The same for a job whose rows came from a CSV file."""
+        return self.outdir / "rows.csv"
+
+    @property
     def lock(self) -> Path:
         return self.outdir / ".lock"
 
@@ -100,6 +110,7 @@ class Paths:
         return (
             *(self.manifest, self.journal, self.results, self.errors, self.summary, self.sent),
             self.batch_output,
+            *(self.rows_jsonl, self.rows_csv),
         )
 
     def outputs(self) -> tuple[Path, ...]:
@@ -226,6 +237,8 @@ def check_manifest(path: Path, expected: dict[str, Any]) -> None:
         # Both sides' keys: a setting stored only when used (--override-model) is in
         # just one of them.
         keys = sorted({*before, *now})
+        if before.get("job") != now.get("job"):
+            raise ResumeRefused(_job_changed(path.parent, before.get("job"), now.get("job")))
         changed = [
             f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)
         ]
@@ -235,12 +248,35 @@ def check_manifest(path: Path, expected: dict[str, Any]) -> None:
         )
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` whole or not at all (a failed write leaves no temp file)."""
+def _job_changed(outdir: Path, before: object, now: object) -> str:
+    if before is None or now is None:
+        what = "a job file" if now is not None else "a request file"
+        return (
+            f"{outdir} was started by another kind of run; this one is {what}. "
+            "Use another -o, or --fresh to discard it."
+        )
+    return (
+        f"{outdir} was started with another version of this job: its [request], "
+        "[[messages]], [input] id or [output] changed since, and resuming would mix "
+        "two prompts in one result set. Restore the job file to resume, or rerun with "
+        "--fresh to start over (or give another -o)."
+    )
+
+
+WRITE_CHUNK_BYTES = 1 << 20  # pieces gathered per write when streaming a file out
+
+
+def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Replace `path` with `data` (bytes, or pieces written in chunks as they come) whole
+    or not at all: a temp file beside it, synced, then swapped in; a failed write
+    leaves no temp file."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
-        write_all(fd, data)
+        if isinstance(data, bytes):
+            write_all(fd, data)
+        else:
+            _write_chunked(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -248,6 +284,16 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
     os.close(fd)
     tmp.replace(path)
+
+
+def _write_chunked(fd: int, pieces: Iterable[bytes]) -> None:
+    chunk = bytearray()
+    for piece in pieces:
+        chunk += piece
+        if len(chunk) >= WRITE_CHUNK_BYTES:
+            write_all(fd, chunk)
+            chunk.clear()
+    write_all(fd, chunk)
 
 
 def open_append(path: os.PathLike[str]) -> int:

@@ -26,6 +26,7 @@ from .journal import ResumeState
 from .outdir import OutdirLock, Paths, check_input_outside_outputs, lock_outdir, write_failed
 from .reader import InputScan, check_models, needs_spool, scan_input, spool_input
 from .resume import load_state, open_outdir
+from .rows import scan_rows
 
 __all__ = ["api_key_for", "open_run"]
 
@@ -58,7 +59,10 @@ async def open_run(
 async def _scan(config: RunConfig, path: Path, console: Console | None) -> InputScan:
     """The input's pre-pass, and the model check it allows before OUTDIR is touched
     (a manifest written for a run that cannot start would refuse the corrected rerun)."""
-    scan = await anyio.to_thread.run_sync(scan_input, path, config.max_line_bytes)
+    if config.job is not None:
+        scan = await anyio.to_thread.run_sync(scan_rows, config.job, config.max_line_bytes)
+    else:
+        scan = await anyio.to_thread.run_sync(scan_input, path, config.max_line_bytes)
     warning = check_models(scan, config.model, config.override_model)
     if warning and console is not None:
         console.print(Text.assemble(("warning", "yellow"), f": {warning}"), highlight=False)

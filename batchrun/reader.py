@@ -38,6 +38,8 @@ __all__ = [
     "iter_raw_lines",
     "iter_requests",
     "needs_spool",
+    "parse_json_object",
+    "refuse_duplicates",
     "scan_input",
     "spool_input",
     "unused_model_warning",
@@ -54,6 +56,9 @@ class InputFormat(StrEnum):
     PLAIN = "plain"
     MISTRAL_BATCH = "mistral_batch"
     OPENAI_BATCH = "openai_batch"
+    # A job's dataset rows (rows.py), turned into requests by its templates.
+    ROWS_JSONL = "rows_jsonl"
+    ROWS_CSV = "rows_csv"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +166,8 @@ def scan_input(path: Path, max_line_bytes: int) -> InputScan:
         with path.open("rb") as raw, DuplicateFinder() as ids:
             reader = _HashingReader(raw)
             count, fmt, no_model = _scan_lines(iter_raw_lines(reader, max_line_bytes), ids)  # type: ignore[arg-type]
-            _refuse(ids.find(lambda: _custom_ids(path, max_line_bytes), MAX_DUPLICATES_SHOWN))
+            found = ids.find(lambda: _custom_ids(path, max_line_bytes), MAX_DUPLICATES_SHOWN)
+            refuse_duplicates(found)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
     digest = reader.digest.hexdigest()
@@ -230,7 +236,7 @@ def _custom_ids(path: Path, max_line_bytes: int) -> Iterator[tuple[str, int]]:
                 yield custom_id, line.number
 
 
-def _refuse(duplicates: Duplicates | None) -> None:
+def refuse_duplicates(duplicates: Duplicates | None) -> None:
     if duplicates is not None:
         raise InputError(
             f"duplicate custom_id values ({duplicates.count} in all): "
@@ -284,7 +290,7 @@ class LineParser:
         try:
             if raw.data is None:
                 raise InvalidInput(f"line is {raw.length} bytes, over the --max-line-bytes limit")
-            obj = _parse_json_object(raw.data)
+            obj = parse_json_object(raw.data)
             # Taken before validation, so a rejected line still says whose it is.
             found = obj.get("custom_id")
             custom_id = found if isinstance(found, str) else None
@@ -292,24 +298,37 @@ class LineParser:
             changed = self._complete(body)
             for warning in validate_body(body):
                 self._warn(warning, raw.number)
-            # One lookup for a line without response_format; a bad schema is this
-            # line's invalid_input, found before anything is sent.
-            response_format = body.get("response_format")
-            checker = None if response_format is None else self._checker(response_format)
+            checker = self._checker(body)  # a bad schema is this line's invalid_input
         except InvalidInput as exc:
             return BadLine(index, raw.number, custom_id, exc.at_line(raw.number))
         payload = raw.data if self.format is InputFormat.PLAIN and not changed else _dumps(body)
+        return self._request(index, raw.number, custom_id, payload, body, checker=checker)
+
+    def _request(
+        self,
+        index: int,
+        line: int,
+        custom_id: str | None,
+        payload: bytes,
+        body: dict[str, Any],
+        *,
+        checker: OutputChecker | None,
+    ) -> Request:
+        """The request of a validated, completed `body` sent as `payload`."""
         stream = body.get("stream") is True
         model = body["model"]  # validated: a non-empty string
         if not self.estimate:
-            return Request(index, raw.number, custom_id, payload, stream, 0, model, 0, checker)
+            return Request(index, line, custom_id, payload, stream, 0, model, 0, checker)
         completion = max_completion_tokens(body)
         tokens = estimate_prompt_tokens(body) + completion
-        return Request(
-            index, raw.number, custom_id, payload, stream, tokens, model, completion, checker
-        )
+        return Request(index, line, custom_id, payload, stream, tokens, model, completion, checker)
 
-    def _checker(self, response_format: object) -> OutputChecker | None:
+    def _checker(self, body: dict[str, Any]) -> OutputChecker | None:
+        """The checker of the body's response_format, compiled once per distinct format;
+        one dict lookup for a body without one. A bad schema raises InvalidInput."""
+        response_format = body.get("response_format")
+        if response_format is None:
+            return None
         if self.checkers is None:
             # Imported here: structured.py loads jsonschema, which a run without
             # structured output never needs.
@@ -370,7 +389,7 @@ def _check_openai_envelope(obj: dict[str, Any]) -> None:
         raise InvalidInput(f"must be {CHAT_URL}, got {url!r}", field="url")
 
 
-def _parse_json_object(data: bytes) -> dict[str, Any]:
+def parse_json_object(data: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

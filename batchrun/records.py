@@ -248,6 +248,19 @@ class Record:
         return value if isinstance(value, str) else None
 
     @property
+    def content(self) -> str | None:
+        """The reply's text: choice 0's message content, its `text` chunks joined when
+        the content is a list of chunks (reasoning models); None when there is none."""
+        choices = self._response().get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = choice.get("message") if isinstance(choice, dict) else None
+        value = message.get("content") if isinstance(message, dict) else None
+        if isinstance(value, list):
+            chunks = (c for c in value if isinstance(c, dict) and c.get("type") == "text")
+            return "".join(t for c in chunks if isinstance(t := c.get("text"), str))
+        return value if isinstance(value, str) else None
+
+    @property
     def model(self) -> str | None:
         response = self.data.get("response")
         value = response.get("model") if isinstance(response, dict) else None
@@ -278,6 +291,10 @@ class Record:
     def _error(self) -> dict[str, Any]:
         error = self.data.get("error")
         return error if isinstance(error, dict) else _NO_OBJECT
+
+    def _response(self) -> dict[str, Any]:
+        response = self.data.get("response")
+        return response if isinstance(response, dict) else _NO_OBJECT
 
     def _usage(self) -> dict[str, Any]:
         response = self.data.get("response")

@@ -33,10 +33,11 @@ from .outdir import Paths, write_failed
 from .prepare import api_key_for, open_run
 from .prices import PriceTable, load_prices
 from .progress import LiveStats, ProgressDisplay, error_digest, stderr_console
-from .reader import InputFormat, InputScan, LineParser, iter_requests, unused_model_warning
+from .reader import InputFormat, InputScan, unused_model_warning
 from .records import BadLine, Completed, Request, error_record
 from .results import ResultWriter
 from .retry import RetryPolicy
+from .rows import iter_lines, make_parser, write_rows
 from .stops import GuardRules, Stop, StopKind, StopRules
 from .summary import (
     CacheSession,
@@ -119,13 +120,7 @@ class _Run:
             prices=prices,
             used_before=before.tokens_used(),
         )
-        self.parser = LineParser(
-            scan.format,
-            default_model=config.model,
-            override_model=config.override_model,
-            force_stream=config.stream,
-            estimate=self.guards.counts_tokens,
-        )
+        self.parser = make_parser(config, scan.format, estimate=self.guards.counts_tokens)
         self.flow = FlowControl(
             config.pace,
             config.concurrency,
@@ -261,14 +256,7 @@ class _Run:
         work_send: MemoryObjectSendStream[Request],
         done_send: MemoryObjectSendStream[Completed],
     ) -> None:
-        lines = iter_requests(
-            self.config.input_path,
-            self.parser,
-            self.config.max_line_bytes,
-            skip=self.state.is_done,
-            limit=self.config.limit,
-            size=self.scan.size,
-        )
+        lines = iter_lines(self.config, self.scan, self.parser, skip=self.state.is_done)
         async with work_send, done_send:
             if self.stats.done_before >= self.stats.total:
                 return  # a finished run resumed: nothing to read, nothing to send
@@ -411,6 +399,8 @@ class _Run:
 
     def _finish(self) -> RunReport:
         self._warn_unused_model()
+        if self.config.job is not None:
+            write_rows(self.paths, self.config.job, self.config.max_line_bytes)
         outcome, reason = self._outcome()
         session = SessionInfo(
             status=outcome.value,

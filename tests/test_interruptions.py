@@ -140,7 +140,7 @@ async def test_a_start_over_killed_at_any_step_is_finished_by_the_next_run(
     paths.starting_over.touch()
     files = paths.state_files()
     for file in files[:deleted]:
-        file.unlink(missing_ok=True)  # batch_output.jsonl only with --output-format
+        file.unlink(missing_ok=True)  # batch_output.jsonl, rows.jsonl/rows.csv: not every run
     if deleted > len(files):  # the new manifest is in place, the marker not yet gone
         paths.manifest.write_bytes(manifest)
     before = server.requests_received

@@ -42,7 +42,16 @@ JSON = st.recursive(
 FIELD_NAMES = ["index", "line", "custom_id", "status", "response", "error", "attempts"]
 FIELD_NAMES += ["latency_ms", "ttft_ms", "type", "message", "body", "retryable", "status_code"]
 FIELD_NAMES += ["allowance", "usage", "model", "prompt_tokens", "completion_tokens"]
-FIELD_NAMES += ["total_tokens", "ok", "schema_attempts", "discarded_usage", "cached"]
+FIELD_NAMES += [
+    "total_tokens",
+    "ok",
+    "schema_attempts",
+    "discarded_usage",
+    "choices",
+    "content",
+    "text",
+    "cached",
+]
 # Objects keyed by record field names, so wrong types reach every field, nested ones too.
 RECORDISH = st.recursive(
     SCALARS,
@@ -70,6 +79,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "latency_ms": (int, float),
     "ttft_ms": (int, float),
     "model": (str,),
+    "content": (str,),
     "prompt_tokens": (int,),
     "completion_tokens": (int,),
     "total_tokens": (int,),
@@ -310,3 +320,20 @@ async def test_a_journal_record_without_an_integer_index_refuses_the_resume(
     )
     with anyio.fail_after(30), pytest.raises(ResumeRefused, match="line 1 has no integer index"):
         await run_batch(config, api_key="k")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("plain", "plain"),
+        ([{"type": "thinking", "thinking": "hm"}, {"type": "text", "text": "a"}, "x"], "a"),
+        ([{"type": "text", "text": "a"}, {"type": "text", "text": 5}, {"type": "text"}], "a"),
+        (None, None),
+        (7, None),
+    ],
+)
+def test_content_is_the_text_of_choice_0(content: object, expected: str | None) -> None:
+    reply = {"choices": [{"message": {"content": content}}, {"message": {"content": "other"}}]}
+    record = Record.from_value({"status": "ok", "response": reply})
+    assert record is not None
+    assert record.content == expected

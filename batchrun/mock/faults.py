@@ -3,8 +3,9 @@
 headers it carries and the request log.
 
 Besides faults, a request may script its whole reply (`metadata.mock.raw`: status,
-headers, body or events, checked here so the HTTP framing stays intact) and have any
-reply dripped one byte at a time (`metadata.mock.drip_ms`).
+headers, body or events, checked here so the HTTP framing stays intact), name the
+assistant content of its completion (`metadata.mock.reply`, for evals whose scores a test
+must know) and have any reply dripped one byte at a time (`metadata.mock.drip_ms`).
 
 No sockets here: server.py owns HTTP, replies.py what replies say, kinds.py the fault names.
 """
@@ -208,7 +209,9 @@ class MockState:
         stream = stream and (fault is None or fault in STREAM_FAULTS)
         # Computed now, not when answering: its usage is what the token windows charge.
         reply = (
-            completion(body, reply_key(body), content_fault) if fault is None or stream else None
+            completion(body, reply_key(body), content_fault, wish.reply)
+            if fault is None or stream
+            else None
         )
         verdict = self._verdict(now, fault, reply)
         if verdict.refused is not None:
@@ -313,6 +316,7 @@ class Directives:
     retry_after_ms: float | None = None
     raw: RawReply | None = None
     drip_ms: float | None = None
+    reply: str | None = None  # the completion's content, whenever one is sent
 
 
 def read_directives(request: dict[str, Any], headers: dict[str, str]) -> Directives:
@@ -320,7 +324,11 @@ def read_directives(request: dict[str, Any], headers: dict[str, str]) -> Directi
     timing keys apply with or without a fault. Raises BadDirective.
 
     `metadata.mock.raw` scripts the whole reply instead (see `read_raw`); `times` then
-    counts it like a fault, and a normal completion follows."""
+    counts it like a fault, and a normal completion follows.
+
+    `metadata.mock.reply` is the content of every completion the request is answered
+    with, streamed or not (see `read_reply`); like the timing keys it holds on every
+    arrival, so `{"fault": "500", "times": 2, "reply": "B"}` is two 500s, then "B"."""
     metadata = request.get("metadata")
     mock = metadata.get("mock") if isinstance(metadata, dict) else None
     mock = mock if isinstance(mock, dict) else {}
@@ -346,7 +354,19 @@ def read_directives(request: dict[str, Any], headers: dict[str, str]) -> Directi
         retry_after_ms=_number(mock.get("retry_after_ms")),
         raw=raw,
         drip_ms=_number(mock.get("drip_ms")),
+        reply=read_reply(mock["reply"]) if "reply" in mock else None,
     )
+
+
+def read_reply(value: object) -> str:
+    """The assistant content a `metadata.mock.reply` asks for: a string as it is, any
+    other JSON value as its compact JSON text (`{"label": "B"}`, `42`, `null`)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # parsed JSON always encodes, but past 255 levels
+        raise BadDirective("mock reply is nested too deep to encode") from None
 
 
 # --- scripted raw replies ---------------------------------------------------------------------

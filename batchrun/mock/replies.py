@@ -112,19 +112,23 @@ def _unprocessable(problem: Problem) -> bytes:
 
 
 def completion(
-    request: dict[str, Any], key: bytes, content_fault: str | None = None
+    request: dict[str, Any], key: bytes, content_fault: str | None = None, reply: str | None = None
 ) -> dict[str, Any]:
     """The non-streamed reply to a request `parse_chat` accepted; every varying detail
     is drawn from `key`, its `reply_key`. A `content_fault` (kinds.CONTENT_FAULTS)
-    replaces the content with what a structured-output request must refuse."""
+    replaces the content with what a structured-output request must refuse; else a
+    `reply` (`metadata.mock.reply`) is the content as it is: no tool call, no
+    `max_tokens` cut, finish_reason "stop", and usage counted from it."""
     messages: list[dict[str, Any]] = request["messages"]
     echo = _last_user_text(messages)[:ECHO_CHARS]
     words = [WORDS[byte % len(WORDS)] for byte in key[: 3 + key[0] % 5]]
-    if content_fault is None:
-        message, finish = _message(request, echo, words, key)
-    else:
+    if content_fault is not None:
         content = _faulty_content(request, words, key, content_fault)
         message, finish = {"role": "assistant", "content": content}, "stop"
+    elif reply is not None:
+        message, finish = {"role": "assistant", "content": reply}, "stop"
+    else:
+        message, finish = _message(request, echo, words, key)
     n = request.get("n")
     choices = min(n, MAX_CHOICES) if isinstance(n, int) and n >= 1 else 1
     prompt_tokens = sum(len(_text_of(m.get("content"))) for m in messages) // 4 + 1
