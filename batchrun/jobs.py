@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from .cache import default_cache_dir
 from .config import RunConfig, check_base_url, is_duration
 from .errors import ConfigError, InvalidInput
 from .prices import PriceTable
@@ -149,6 +150,12 @@ def _text(value: Any) -> str:
     return value
 
 
+def _cache(value: Any) -> bool | str:
+    if isinstance(value, bool) or (isinstance(value, str) and value):
+        return value
+    raise _Bad(f"must be true, false or a directory, got {_show(value)}")
+
+
 def _url(value: Any) -> str:
     url = _text(value)
     try:  # plain http to a remote host is judged later, with --allow-insecure-http known
@@ -188,6 +195,12 @@ def _top(name: str) -> Apply:
     return lambda c, v: replace(c, **{name: v})
 
 
+def _cache_dir(config: RunConfig, value: bool | Path) -> RunConfig:
+    """`cache = true`: the default directory, as `--cache` alone; a path: that one."""
+    directory = default_cache_dir() if value is True else value or None
+    return replace(config, cache_dir=directory)
+
+
 RUN_KEYS: dict[str, _RunKey] = {
     "output": _RunKey(_text, _top("outdir"), "outdir"),
     "concurrency": _RunKey(_positive_int, _top("concurrency"), "concurrency"),
@@ -208,6 +221,7 @@ RUN_KEYS: dict[str, _RunKey] = {
     "max_rate_limit_wait": _RunKey(_duration, _retry("rate_limit_wait"), "max_rate_limit_wait"),
     "max_cost": _RunKey(_number, _guards("max_cost"), "max_cost"),
     "schema_retries": _RunKey(_count, _top("schema_retries"), "schema_retries"),
+    "cache": _RunKey(_cache, _cache_dir, "cache_dir"),
 }
 
 
@@ -393,6 +407,8 @@ class _Checker:
                 checked[key] = result
         if "output" in checked:
             checked["output"] = self.folder / checked["output"]
+        if isinstance(checked.get("cache"), str):
+            checked["cache"] = self.folder / checked["cache"]
         return checked
 
     def _output(self, table: dict[str, Any]) -> OutputKeys:

@@ -567,3 +567,54 @@ def test_the_resume_hint_keeps_the_cache(
     assert hint.split()[-1] == "--cache"
     other = cli([*base, "--max-tokens-total", "1", f"--cache={tmp_path / 'c'}"], {})
     assert f"--cache={tmp_path / 'c'}" in " ".join(other.output.split())
+
+
+JOB = """\
+[input]
+path = "rows.jsonl"
+
+[request]
+model = "mistral-small-latest"
+max_tokens = 20
+
+[[messages]]
+role = "user"
+content = "Label: {text}"
+
+[run]
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "where"),
+    [('cache = "store"', "job/store"), ("cache = true", "xdg/batchrun")],
+)
+def test_a_job_file_turns_the_cache_on(
+    mock_server: Callable[..., MockServer], tmp_path: Path, setting: str, where: str
+) -> None:
+    server = mock_server()
+    folder = tmp_path / "job"
+    folder.mkdir()
+    write_jsonl(folder / "rows.jsonl", [{"text": f"row {i}"} for i in range(5)])
+    job = folder / "job.toml"
+    job.write_text(JOB + setting + "\n", encoding="utf-8")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    base = ["run", str(job), "--base-url", server.url, "-q"]
+    assert cli([*base, "-o", str(tmp_path / "a")], env).exit_code == 0
+    assert RequestCache(tmp_path / where).info().entries == 5
+    assert cli([*base, "-o", str(tmp_path / "b")], env).exit_code == 0
+    assert summary_of(tmp_path / "b")["cache"]["hits"] == 5
+    assert server.requests_received == 5
+    # A flag wins over the job: another directory, empty, so every row is sent.
+    flag = ["-o", str(tmp_path / "c"), f"--cache={tmp_path / 'other'}"]
+    assert cli([*base, *flag], env).exit_code == 0
+    assert server.requests_received == 10
+
+
+def test_a_job_cache_value_of_the_wrong_type_names_the_key(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "rows.jsonl", [{"text": "x"}])
+    job = tmp_path / "job.toml"
+    job.write_text(JOB + "cache = 1\n", encoding="utf-8")
+    result = cli(["run", str(job), "-o", str(tmp_path / "out")], {})
+    assert result.exit_code == 1
+    assert "run.cache: must be true, false or a directory, got 1" in " ".join(result.output.split())
