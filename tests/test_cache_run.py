@@ -22,6 +22,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from jsonl import MODEL, chat_request, read_jsonl, write_jsonl
+from processes import finish
 
 from batchrun import ConfigError, RetryConfig, RunConfig, RunReport, run_batch
 from batchrun.cache import RequestCache, cache_key
@@ -449,16 +450,6 @@ def batchrun(*args: str) -> subprocess.Popen[bytes]:
         env={**os.environ, "MISTRAL_API_KEY": KEY},
         cwd=REPO,
     )
-
-
-def finish(proc: subprocess.Popen[bytes], timeout: float = 90) -> tuple[int, str]:
-    try:
-        _, stderr = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, stderr.decode()
 
 
 def assert_correct(out: Path, expected: list[dict[str, Any]]) -> None:

@@ -20,6 +20,7 @@ import anyio
 import orjson
 import pytest
 from jsonl import read_jsonl
+from processes import finish
 
 from batchrun import ConfigError, ResumeRefused, RetryConfig, RunConfig, RunReport, run_batch
 from batchrun.mock import MockServer
@@ -88,16 +89,6 @@ def batchrun(
         env={**os.environ, "MISTRAL_API_KEY": KEY},
         cwd=REPO,
     )
-
-
-def finish(proc: subprocess.Popen[bytes], timeout: float = 60) -> tuple[int, str]:
-    try:
-        _, stderr = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, stderr.decode()
 
 
 def one_line(text: str) -> str:
