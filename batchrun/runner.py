@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import orjson
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from rich.console import Console
 from rich.text import Text
@@ -38,6 +36,7 @@ from .records import BadLine, Completed, Request, error_record
 from .results import ResultWriter
 from .retry import RetryPolicy
 from .rows import iter_lines, make_parser, write_rows
+from .shutdown import Shutdown
 from .stops import GuardRules, Stop, StopKind, StopRules
 from .summary import (
     CacheSession,
@@ -127,9 +126,15 @@ class _Run:
             lambda: client.last_headers,
             on_token_limit=self._estimate_tokens,
         )
-        self.interrupted = False
         self._dispatch_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()
+        self.shutdown = Shutdown(
+            config.grace_period,
+            in_flight=lambda: self.stats.in_flight,
+            stop_sending=self._dispatch_scope.cancel,
+            cancel_in_flight=self._work_scope.cancel,
+            say=self._say,
+        )
         self._started_at = datetime.now(UTC)
         self._console: Console | None = None
 
@@ -198,7 +203,7 @@ class _Run:
         """A run that was not stopped wrote every request line it read; fewer than the
         scan counted means the input shrank or was replaced while we read it."""
         expected = self.stats.total
-        if self.stop is None and not self.interrupted and written < expected:
+        if self.stop is None and not self.shutdown.interrupted and written < expected:
             raise InputError(
                 f"{self.config.input_path} changed while the run read it: {expected} request "
                 f"lines were hashed before the run but only {written} could be read back. "
@@ -215,7 +220,7 @@ class _Run:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._write_all, writer, done_recv)
             async with anyio.create_task_group() as side:
-                side.start_soon(self._watch_signals, side)
+                side.start_soon(self.shutdown.watch, side)
                 if self.config.guards.deadline is not None:
                     side.start_soon(self._enforce_deadline, self.config.guards.deadline)
                 if display is not None:
@@ -325,43 +330,6 @@ class _Run:
                 except Aborted as error:
                     self._stop_writing(error)
 
-    async def _watch_signals(self, side: TaskGroup) -> None:
-        """First Ctrl-C/SIGTERM: stop dispatching, give in-flight requests a grace
-        period. A second one (or the end of the grace period) cancels them."""
-        try:
-            receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
-            signals = receiver.__enter__()
-        except (ValueError, RuntimeError, NotImplementedError):
-            return  # not the main thread: the embedding program owns signals
-        try:
-            async for _ in signals:
-                if self.interrupted:
-                    self._say(f"stopping now: {self.stats.in_flight} in flight, cancelled")
-                    self._work_scope.cancel()
-                    continue
-                self.interrupted = True
-                self._dispatch_scope.cancel()
-                self._say(self._interrupt_notice())
-                side.start_soon(self._expire_grace)
-        finally:
-            receiver.__exit__(None, None, None)
-
-    def _interrupt_notice(self) -> str:
-        in_flight = self.stats.in_flight
-        if not in_flight:
-            return "stopping: no request in flight"
-        requests = "request" if in_flight == 1 else "requests"
-        return (
-            f"finishing {in_flight} in-flight {requests} (up to {self.config.grace_period:g} s); "
-            "Ctrl-C again to stop now"
-        )
-
-    async def _expire_grace(self) -> None:
-        await anyio.sleep(self.config.grace_period)
-        if self.stats.in_flight:
-            self._say(f"grace period over: {self.stats.in_flight} in flight, cancelled")
-        self._work_scope.cancel()
-
     async def _tick(self, display: ProgressDisplay) -> None:
         pause, stats = self.policy.pause, self.stats
         while True:
@@ -432,7 +400,7 @@ class _Run:
     def _outcome(self) -> tuple[Outcome, str | None]:
         if self.stop is not None:
             return Outcome.ABORTED, self.stop.message
-        if self.interrupted:
+        if self.shutdown.interrupted:
             return Outcome.INTERRUPTED, "interrupted by signal; rerun to resume"
         # Done counts the whole input, not the --limit window: a limited rerun of a
         # finished run is complete.
