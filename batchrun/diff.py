@@ -1,7 +1,7 @@
 """`batchrun diff`: what changed between two runs of (about) the same lines.
 
 Memory is bounded by one run, compactly: run A is indexed by its join key into a small
-tuple per line (status, error type, a 64-bit digest of the output, where its record
+tuple per line (status, error type, a 64-bit hash of the output, where its record
 lies on disk), then run B is streamed against that index; each matched key is popped, so
 what is left at the end is only in A. The text of a changed output is read back from
 A's file for the few examples shown, never kept. Tokens, cost and latency are summed per
@@ -18,7 +18,6 @@ and a run still being written is read as far as it got.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,48 +159,59 @@ def _run_paths(outdir: Path) -> Paths:
 
 
 def _records(paths: Paths) -> Iterator[tuple[Record, int]]:
-    """Every record of a run in index order, with where it lies (see `_Line.where`):
-    results.jsonl, then the last journal record of each index beyond it."""
+    """Every record of a run in index order, with where it lies (see `_Line.where`)."""
+    for raw, where in _stored(paths):
+        record = Record.parse(raw)
+        if record is not None:  # not a torn last line of a run being written
+            yield record, where
+
+
+def _stored(paths: Paths) -> Iterator[tuple[bytes, int]]:
+    """The lines of a run's records, undecoded: results.jsonl, then the last journal
+    record of each index beyond it (only their offsets are kept meanwhile)."""
     written = 0
     if paths.results.exists():
         with paths.results.open("rb") as stream:
             offset = 0
             for raw in stream:
-                record = Record.parse(raw)
-                if record is not None:  # a torn last line of a run being written
-                    written += 1
-                    yield record, offset * 2
+                written += raw.endswith(b"\n")  # a torn last line is no record yet
+                yield raw, offset * 2
                 offset += len(raw)
     if not paths.journal.exists():
         return
-    beyond: dict[int, tuple[int, bytes]] = {}  # lines done past a gap: few
+    beyond: dict[int, int] = {}
     with paths.journal.open("rb") as stream:
         offset = 0
         for raw in stream:
-            record = Record.parse(raw)
-            index = None if record is None else record.index
+            index = _index_of(raw)
             if index is not None and index >= written:
-                beyond[index] = (offset, raw)
+                beyond[index] = offset
             offset += len(raw)
-    for index in sorted(beyond):
-        offset, raw = beyond.pop(index)
-        record = Record.parse(raw)
-        assert record is not None
-        yield record, offset * 2 + 1
+        for index in sorted(beyond):
+            stream.seek(beyond[index])
+            yield stream.readline(), beyond[index] * 2 + 1
+
+
+def _index_of(raw: bytes) -> int | None:
+    """A journal line's index, read from the bytes batchrun writes first (`{"index":N,`)
+    without decoding the reply after it; any other line is decoded."""
+    if raw.startswith(b'{"index":'):
+        end = raw.find(b",", 9, 40)
+        if end > 9 and raw[9:end].isdigit():
+            return int(raw[9:end])
+    record = Record.parse(raw)
+    return None if record is None else record.index
 
 
 def _all_have_ids(paths: Paths) -> bool:
     """Whether every record of the run has a custom_id. Only a line without the bytes
     batchrun writes for one (`"custom_id":"`) is decoded: a hand-edited file may space it."""
-    for file in (paths.results, paths.journal):
-        if file.exists():
-            with file.open("rb") as stream:
-                for raw in stream:
-                    if b'"custom_id":"' in raw:
-                        continue
-                    record = Record.parse(raw)
-                    if record is not None and record.custom_id is None:
-                        return False
+    for raw, _ in _stored(paths):
+        if b'"custom_id":"' in raw:
+            continue
+        record = Record.parse(raw)
+        if record is not None and record.custom_id is None:
+            return False
     return True
 
 
@@ -228,15 +238,14 @@ def _key(record: Record, *, by_id: bool) -> Key:
 
 
 def _digest(record: Record) -> int:
-    """64 bits of the output: its text, or the whole first choice when it has none
-    (tool calls)."""
+    """64 bits of the output: its text, or the whole first choice when it has none (tool
+    calls). Python's own string hash: both runs are hashed in this one process, so its
+    per-process seed does not matter, and it costs a fraction of a cryptographic digest."""
     content = record.content
     if content is not None:
-        data = content.encode("utf-8", "surrogatepass")
-    else:
-        choices = (record.response or {}).get("choices")
-        data = orjson.dumps(choices, option=orjson.OPT_SORT_KEYS, default=repr)
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+        return hash(content)
+    choices = (record.response or {}).get("choices")
+    return hash(orjson.dumps(choices, option=orjson.OPT_SORT_KEYS, default=repr))
 
 
 def _compare(changes: Changes, paths_a: Paths, key: Key, a: _Line, b: Record) -> None:
