@@ -2,8 +2,9 @@
 
 Memory is bounded by one run, compactly: run A is indexed by its join key into a small
 tuple per line (status, error type, a 64-bit hash of the output, where its record
-lies on disk), then run B is streamed against that index; each matched key is popped, so
-what is left at the end is only in A. The text of a changed output is read back from
+lies on disk), then run B is streamed against that index; each matched key is marked
+taken, so what is left untaken at the end is only in A, and a key B repeats is told from a
+line A lacks. The text of a changed output is read back from
 A's file for the few examples shown, never kept. Tokens, cost and latency are summed per
 run by summary.py's `Totals`, the same figures summary.json shows.
 
@@ -18,6 +19,7 @@ and a run still being written is read as far as it got.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,9 @@ class Changes:
     """Lines that differ between the runs: a count per kind and the first keys of each."""
 
     common: int = 0
+    # Records that cannot be joined: no index (joining by index), or a key A already had.
+    unjoined_a: int = 0
+    unjoined_b: int = 0
     only_in_a: list[Key] = field(default_factory=list)
     only_in_b: list[Key] = field(default_factory=list)
     only_in_a_count: int = 0
@@ -89,6 +94,7 @@ class RunDiff:
             "b": _run_figures(self.b, self.totals_b, self.prices),
             "joined_by": self.joined_by,
             "common": c.common,
+            "unjoined": {"a": c.unjoined_a, "b": c.unjoined_b},
             "only_in_a": {"count": c.only_in_a_count, "keys": c.only_in_a},
             "only_in_b": {"count": c.only_in_b_count, "keys": c.only_in_b},
             "changed_outputs": {"count": c.changed_outputs, "examples": c.examples},
@@ -127,23 +133,31 @@ def diff_runs(a: Path, b: Path, prices: PriceTable | None = None) -> RunDiff:
     paths_a, paths_b = _run_paths(a), _run_paths(b)
     totals_a, totals_b = Totals(), Totals()
     by_id = _all_have_ids(paths_a) and _all_have_ids(paths_b)
-    index = _index(paths_a, totals_a, by_id=by_id)
-    if index is None:  # a custom_id repeats in A: it cannot say which line is which
-        by_id, totals_a = False, Totals()
-        index = _index(paths_a, totals_a, by_id=False)
-    assert index is not None
     changes = Changes()
+    index = _index(paths_a, totals_a, changes, by_id=by_id)
+    if index is None:  # a custom_id repeats in A: it cannot say which line is which
+        by_id, totals_a, changes = False, Totals(), Changes()
+        index = _index(paths_a, totals_a, changes, by_id=False)
+    assert index is not None
     for record, _ in _records(paths_b):
         totals_b.add(record)
         key = _key(record, by_id=by_id)
-        line = index.pop(key, None)
-        if line is None:
+        if key is None:
+            changes.unjoined_b += 1
+            continue
+        if key not in index:
             changes.only_in_b_count += 1
             _note(changes.only_in_b, key)
-        else:
-            _compare(changes, paths_a, key, line, record)
-    changes.only_in_a_count = len(index)
-    changes.only_in_a = sorted(index, key=_order)[:LISTED]
+            continue
+        line = index[key]
+        if line is None:  # B repeats a key: joined already
+            changes.unjoined_b += 1
+            continue
+        index[key] = None  # not popped: a repeat must still be told from a new line
+        _compare(changes, paths_a, key, line, record)
+    left = [key for key, line in index.items() if line is not None]
+    changes.only_in_a_count = len(left)
+    changes.only_in_a = heapq.nsmallest(LISTED, left, key=_order)
     joined_by = "custom_id" if by_id else "index"
     prices = prices or PriceTable.bundled()
     return RunDiff(a, b, joined_by, changes, totals_a, totals_b, prices)
@@ -215,26 +229,27 @@ def _all_have_ids(paths: Paths) -> bool:
     return True
 
 
-def _index(paths: Paths, totals: Totals, *, by_id: bool) -> dict[Key, _Line] | None:
-    """Run A by join key; None when joining by id and an id repeats."""
-    index: dict[Key, _Line] = {}
+def _index(
+    paths: Paths, totals: Totals, changes: Changes, *, by_id: bool
+) -> dict[Key, _Line | None] | None:
+    """Run A by join key; None when joining by id and an id repeats. A record with no
+    key, or with an index seen before (a hand-edited file), is counted, not joined."""
+    index: dict[Key, _Line | None] = {}
     for record, where in _records(paths):
         totals.add(record)
         key = _key(record, by_id=by_id)
         if by_id and key in index:
             return None
+        if key is None or key in index:
+            changes.unjoined_a += 1
+            continue
         ok = record.status == "ok"
         index[key] = _Line(ok, record.error_type, _digest(record) if ok else None, where)
     return index
 
 
-def _key(record: Record, *, by_id: bool) -> Key:
-    if by_id:
-        custom_id = record.custom_id
-        if custom_id is not None:
-            return custom_id
-    index = record.index
-    return -1 if index is None else index
+def _key(record: Record, *, by_id: bool) -> Key | None:
+    return record.custom_id if by_id else record.index
 
 
 def _digest(record: Record) -> int:
@@ -311,8 +326,8 @@ def render_diff(diff: dict[str, Any], console: Console) -> None:
     """`diff` (RunDiff.to_dict) as rich tables: figures side by side, then the changes."""
     a, b, delta = diff["a"], diff["b"], diff["delta"]
     # Text, never markup: paths, ids and outputs are not ours ("[B]" is an answer).
-    title = Text(f"A: {a['outdir']}   B: {b['outdir']}")
-    figures = Table(title=title, title_justify="left")
+    console.print(Text(f"A: {a['outdir']}\nB: {b['outdir']}"))
+    figures = Table()
     for column in ("", "A", "B", "B - A"):
         figures.add_column(column, justify="right" if column else "left")
     figures.add_row("lines", str(a["lines"]), str(b["lines"]), "")
@@ -341,7 +356,12 @@ def render_diff(diff: dict[str, Any], console: Console) -> None:
     changes.add_row("in both", str(diff["common"]), "")
     for name in ("only_in_a", "only_in_b"):
         part = diff[name]
-        changes.add_row(name.replace("_", " "), str(part["count"]), _keys(part["keys"]))
+        what = name.replace("_", " ").replace(" a", " A").replace(" b", " B")
+        changes.add_row(what, str(part["count"]), _keys(part["keys"]))
+    unjoined = diff["unjoined"]
+    if unjoined["a"] or unjoined["b"]:
+        counts = f"{unjoined['a']} / {unjoined['b']}"
+        changes.add_row("unjoined (A / B)", counts, "no key, or a repeated one")
     changes.add_row("changed outputs", str(diff["changed_outputs"]["count"]), "")
     for name in ("new_failures", "fixed_failures", "error_type_changes"):
         part = diff[name]

@@ -4,15 +4,19 @@ differences are known line by line: `metadata.mock.reply` sets a line's answer a
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from click.testing import CliRunner
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from jsonl import MODEL, write_jsonl
 
 from batchrun.cli import main
+from batchrun.diff import diff_runs
 from batchrun.mock import MockServer
 from batchrun.outdir import Paths
 
@@ -179,3 +183,74 @@ def test_missing_or_empty_directory_exits_1(mock_server: Factory, tmp_path: Path
     empty = CliRunner().invoke(main, ["diff", str(tmp_path / "empty"), str(a)])
     assert empty.exit_code == 1
     assert "holds no run" in empty.output
+
+
+HOSTILE = [
+    b"[]",
+    b"not json",
+    b'{"index": "x", "status": 5, "response": {"choices": "no"}, "latency_ms": true}',
+    b'{"index": 7, "custom_id": 3, "status": "ok", "response": {"choices": [{"message": '
+    b'{"content": [{"type": "text", "text": "chunk"}, 4]}}], "usage": {"total_tokens": -1}}}',
+    b'{"index": 8, "status": "ok", "response": {"choices": [{"message": {"tool_calls": []}}]}}',
+    b'{"index": 9, "status": "error", "error": "a string"}',
+    b'{"index": 10, "status": "ok"',  # a torn last line, no newline
+]
+
+
+def test_hostile_records_are_compared_not_raised(mock_server: Factory, tmp_path: Path) -> None:
+    """Records are read back from disk, may be hand-edited or hold any reply: a field of
+    the wrong type is absent, a line that is no record is skipped, nothing raises."""
+    server = mock_server()
+    a = run(server, tmp_path, "a", [line(None, "x"), line(None, "y")])
+    b = run(server, tmp_path, "b", [line(None, "x"), line(None, "y")])
+    results = Paths(b).results
+    results.write_bytes(results.read_bytes() + b"\n".join(HOSTILE))
+    found = diff_json(a, b)
+    assert found["joined_by"] == "index"
+    assert found["common"] == 2
+    # Index "x" is no index: that record cannot be joined; 7, 8 and 9 are not in A.
+    assert found["only_in_b"] == {"count": 3, "keys": [7, 8, 9]}
+    assert found["unjoined"] == {"a": 0, "b": 1}
+    shown = CliRunner().invoke(main, ["diff", str(b), str(a)], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    assert "unjoined (A / B)" in shown.stdout
+
+
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+FIELDS = st.sampled_from(["index", "custom_id", "status", "response", "error", "latency_ms"])
+RECORDS = st.lists(
+    st.dictionaries(FIELDS, JSON_VALUES | st.sampled_from(["ok", "error", 0, 1])), max_size=6
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(records=RECORDS, other=RECORDS)
+@example(records=[{"index": 0}, {"index": 0}, {}], other=[])
+def test_any_records_diff_without_raising_and_a_run_equals_itself(
+    records: list[dict[str, Any]], other: list[dict[str, Any]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp, "a"), Path(tmp, "b")
+        for outdir, lines in ((a, records), (b, other)):
+            outdir.mkdir()
+            write_jsonl(outdir / "results.jsonl", lines)
+        diff_runs(a, b).to_dict()
+        same = diff_runs(a, a).to_dict()
+    # A record without an index, or with one seen before, is counted apart in both.
+    assert same["unjoined"]["a"] == same["unjoined"]["b"]
+    changed = ("changed_outputs", "new_failures", "fixed_failures", "error_type_changes")
+    assert [same[name]["count"] for name in changed] == [0, 0, 0, 0]
+    assert same["only_in_b"]["count"] == 0
