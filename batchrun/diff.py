@@ -139,22 +139,7 @@ def diff_runs(a: Path, b: Path, prices: PriceTable | None = None) -> RunDiff:
         by_id, totals_a, changes = False, Totals(), Changes()
         index = _index(paths_a, totals_a, changes, by_id=False)
     assert index is not None
-    for record, _ in _records(paths_b):
-        totals_b.add(record)
-        key = _key(record, by_id=by_id)
-        if key is None:
-            changes.unjoined_b += 1
-            continue
-        if key not in index:
-            changes.only_in_b_count += 1
-            _note(changes.only_in_b, key)
-            continue
-        line = index[key]
-        if line is None:  # B repeats a key: joined already
-            changes.unjoined_b += 1
-            continue
-        index[key] = None  # not popped: a repeat must still be told from a new line
-        _compare(changes, paths_a, key, line, record)
+    _join(paths_b, totals_b, index, changes, paths_a, by_id=by_id)
     left = [key for key, line in index.items() if line is not None]
     changes.only_in_a_count = len(left)
     changes.only_in_a = heapq.nsmallest(LISTED, left, key=_order)
@@ -246,6 +231,34 @@ def _index(
         ok = record.status == "ok"
         index[key] = _Line(ok, record.error_type, _digest(record) if ok else None, where)
     return index
+
+
+def _join(
+    paths: Paths,
+    totals: Totals,
+    index: dict[Key, _Line | None],
+    changes: Changes,
+    paths_a: Paths,
+    *,
+    by_id: bool,
+) -> None:
+    """Stream run B's records against run A's `index`, marking each line it joins."""
+    for record, _ in _records(paths):
+        totals.add(record)
+        key = _key(record, by_id=by_id)
+        if key is None:
+            changes.unjoined_b += 1
+            continue
+        if key not in index:
+            changes.only_in_b_count += 1
+            _note(changes.only_in_b, key)
+            continue
+        line = index[key]
+        if line is None:  # B repeats a key: joined already
+            changes.unjoined_b += 1
+            continue
+        index[key] = None  # not popped: a repeat must still be told from a new line
+        _compare(changes, paths_a, key, line, record)
 
 
 def _key(record: Record, *, by_id: bool) -> Key | None:
