@@ -746,3 +746,37 @@ def mock_server(
 
 
 main.add_command(cache)
+
+
+@main.command("diff", context_settings=CONTEXT)
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option(
+    "--prices",
+    "prices_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A TOML or JSON price table for the cost figures (the bundled one by default).",
+)
+def diff_command(run_a: Path, run_b: Path, as_json: bool, prices_file: Path | None) -> None:
+    """Compare two runs' OUTDIRs: lines only in one, changed outputs, new and fixed
+    failures, and B - A of tokens, cost and latency. Lines join by custom_id when every
+    line of both runs has one, else by index. Neither OUTDIR is written to; a run still
+    being written is read as far as it got.
+
+    \b
+    Examples:
+      batchrun diff runs/last-night runs/tonight
+      batchrun diff runs/model-a runs/model-b --json > diff.json
+    """
+    from .diff import diff_runs, render_diff  # noqa: PLC0415 (only this command needs it)
+
+    try:
+        found = diff_runs(run_a, run_b, load_prices(prices_file)).to_dict()
+    except BatchrunError as exc:
+        stderr_console().print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
+        sys.exit(exc.exit_code)
+    if as_json:
+        click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+    else:
+        render_diff(found, Console(highlight=False))
