@@ -15,7 +15,14 @@ from click.testing import CliRunner
 from batchrun.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-COMMANDS = (["run"], ["validate"], ["mock-server"], ["cache", "info"], ["cache", "clear"])
+COMMANDS = (
+    ["run"],
+    ["validate"],
+    ["report"],
+    ["mock-server"],
+    ["cache", "info"],
+    ["cache", "clear"],
+)
 BLOCK = re.compile(r"(<!-- help:(?P<name>[\w-]+) -->\n).*?(<!-- /help -->)", re.S)
 
 
