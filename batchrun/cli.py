@@ -47,6 +47,7 @@ from .outcome import EXIT_INTERRUPTED, RunReport
 from .prices import load_prices
 from .progress import render_summary, stderr_console
 from .reader import STDIN
+from .report import read_report, render_report
 from .runner import run_batch
 
 __all__ = ["main"]
@@ -746,6 +747,40 @@ def mock_server(
 
 
 main.add_command(cache)
+
+
+@main.command("report", context_settings=CONTEXT)
+@click.argument("outdir", metavar="OUTDIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--prices",
+    "prices_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Prices replacing or adding to the bundled table (TOML or JSON), as `run --prices`.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+def report_command(outdir: Path, prices_file: Path | None, as_json: bool) -> None:
+    """Show the figures of a run in OUTDIR: finished, partial, killed or still running.
+
+    Counts, errors by type with one example each, tokens and cost per model, latency and
+    time-to-first-token percentiles, and the last session's flow figures. Built from the
+    records themselves (results.jsonl and the journal), so a killed run reports what it
+    finished. Nothing in OUTDIR is changed or locked: safe while a run is writing it.
+    Exit 0, or 1 when OUTDIR is not a batchrun output directory.
+
+    \b
+    Examples:
+      batchrun report labels.batchrun
+      batchrun report evals.batchrun --json | jq .counts
+    """
+    try:
+        found = read_report(outdir, load_prices(prices_file))
+    except BatchrunError as exc:
+        stderr_console().print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
+        sys.exit(exc.exit_code)
+    if as_json:
+        click.echo(orjson.dumps(found.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        render_report(found, Console())
 
 
 @main.command("diff", context_settings=CONTEXT)

@@ -15,7 +15,15 @@ from click.testing import CliRunner
 from batchrun.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-COMMANDS = (["run"], ["validate"], ["mock-server"], ["cache", "info"], ["cache", "clear"], ["diff"])
+COMMANDS = (
+    ["run"],
+    ["validate"],
+    ["report"],
+    ["mock-server"],
+    ["cache", "info"],
+    ["cache", "clear"],
+    ["diff"],
+)
 BLOCK = re.compile(r"(<!-- help:(?P<name>[\w-]+) -->\n).*?(<!-- /help -->)", re.S)
 
 
