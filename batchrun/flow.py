@@ -26,6 +26,7 @@ from .inflight import AdaptiveLimit
 from .limits import Pacer, Rate, Reservation, Unit
 from .progress import LiveStats
 from .ratelimit_headers import RateObservation, parse_rate_headers
+from .records import usage_count
 from .retry import RetryPolicy
 from .stops import StopKind
 
@@ -184,9 +185,8 @@ class FlowControl:
             waiters.popleft().set()
 
     def succeeded(self, reservation: Reservation, reply: Reply) -> None:
-        usage = reply.response.get("usage")
-        total = usage.get("total_tokens") if isinstance(usage, dict) else None
-        if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+        total = usage_count(reply.response.get("usage"), "total_tokens")
+        if total is not None:
             self.pacer.settle(reservation, total)
         self.limit.on_success(self.in_flight, reservation.at)
         now = self._clock()

@@ -27,7 +27,15 @@ __all__ = [
     "Request",
     "error_record",
     "ok_record",
+    "usage_count",
 ]
+
+
+def usage_count(usage: object, key: str) -> int | None:
+    """A token count in a `usage` object, from a reply or a stored record alike: an int
+    >= 0 (not a bool), else None (the server's bytes are untrusted)."""
+    value = usage.get(key) if isinstance(usage, dict) else None
+    return value if type(value) is int and value >= 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,25 +276,20 @@ class Record:
 
     @property
     def prompt_tokens(self) -> int | None:
-        value = self._usage().get("prompt_tokens")
-        return value if type(value) is int and value >= 0 else None
+        return usage_count(self._usage(), "prompt_tokens")
 
     @property
     def completion_tokens(self) -> int | None:
-        value = self._usage().get("completion_tokens")
-        return value if type(value) is int and value >= 0 else None
+        return usage_count(self._usage(), "completion_tokens")
 
     @property
     def total_tokens(self) -> int | None:
-        value = self._usage().get("total_tokens")
-        return value if type(value) is int and value >= 0 else None
+        return usage_count(self._usage(), "total_tokens")
 
     @property
     def discarded_tokens(self) -> int | None:
         """Total tokens of the replies refused for not fitting the response_format."""
-        usage = self.data.get("discarded_usage")
-        value = usage.get("total_tokens") if isinstance(usage, dict) else None
-        return value if type(value) is int and value >= 0 else None
+        return usage_count(self.data.get("discarded_usage"), "total_tokens")
 
     def _error(self) -> dict[str, Any]:
         error = self.data.get("error")

@@ -16,7 +16,7 @@ from .errors import RequestFailed, SchemaViolation
 from .flow import FlowControl
 from .journal import SentLog
 from .progress import LiveStats
-from .records import Completed, Request, error_record, ok_record
+from .records import Completed, Request, error_record, ok_record, usage_count
 from .retry import RetryPolicy
 from .stops import GuardRules, Stop, StopRules
 
@@ -198,11 +198,9 @@ class Worker:
     def _count_usage(self, reply: Reply) -> int:
         """Add a reply's usage to the live counters; its total tokens."""
         usage = reply.response.get("usage")
-        if not isinstance(usage, dict):
-            return 0
         stats = self.stats
-        stats.completion_tokens += _count(usage.get("completion_tokens"))
-        tokens = _count(usage.get("total_tokens"))
+        stats.completion_tokens += usage_count(usage, "completion_tokens") or 0
+        tokens = usage_count(usage, "total_tokens") or 0
         stats.total_tokens += tokens
         return tokens
 
@@ -257,14 +255,9 @@ class _Conformance:
 
     def discard(self, usage: object) -> None:
         self.refused += 1
-        if isinstance(usage, dict):
-            for key in USAGE_KEYS:
-                self.discarded[key] += _count(usage.get(key))
+        for key in USAGE_KEYS:
+            self.discarded[key] += usage_count(usage, key) or 0
 
     def discarded_usage(self) -> dict[str, int] | None:
         """The refused replies' usage, for the record; None when none was refused."""
         return self.discarded if self.refused else None
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
