@@ -54,15 +54,17 @@ class LimitInForce:
     rate: Rate
     source: str  # "flag" (--rps/--rpm/--tpm) or "headers" (learned)
 
+    @property
+    def per(self) -> str:
+        return _WINDOW_NAMES.get(self.rate.window, f"{self.rate.window:g} s")
+
     def describe(self) -> str:
         unit = "req" if self.rate.unit == "requests" else "tok"
-        per = _WINDOW_NAMES.get(self.rate.window, f"{self.rate.window:g} s")
-        return f"{self.rate.amount:,.0f} {unit}/{per}"
+        return f"{self.rate.amount:,.0f} {unit}/{self.per}"
 
     def to_json(self) -> dict[str, Any]:
-        per = _WINDOW_NAMES.get(self.rate.window, f"{self.rate.window:g} s")
         rate = self.rate
-        return {"unit": rate.unit, "per": per, "amount": rate.amount, "source": self.source}
+        return {"unit": rate.unit, "per": self.per, "amount": rate.amount, "source": self.source}
 
 
 @dataclass(frozen=True, slots=True)

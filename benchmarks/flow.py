@@ -24,6 +24,7 @@ it was answered) and summary.json:
 from __future__ import annotations
 
 import argparse
+import bisect
 import statistics
 import sys
 import tempfile
@@ -104,7 +105,7 @@ def storm(work: Path, quick: bool) -> list[Check]:
         (
             t - end
             for i, t in enumerate(times)
-            if t > end and i - _first_after(times, t - latency) + 1 >= concurrency
+            if t > end and i - bisect.bisect_right(times, t - latency) + 1 >= concurrency
         ),
         None,
     )
@@ -119,17 +120,6 @@ def storm(work: Path, quick: bool) -> list[Check]:
         ),
         Check(f"exit {run.returncode}", "exit 0", run.returncode == 0),
     ]
-
-
-def _first_after(times: list[float], t: float) -> int:
-    low, high = 0, len(times)
-    while low < high:
-        mid = (low + high) // 2
-        if times[mid] <= t:
-            low = mid + 1
-        else:
-            high = mid
-    return low
 
 
 def failing(work: Path, quick: bool) -> list[Check]:
