@@ -11,6 +11,7 @@ from typing import Any
 from .errors import Aborted
 
 __all__ = [
+    "EXIT_BELOW_BAR",
     "EXIT_FAILED_LINES",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -20,6 +21,7 @@ __all__ = [
 
 EXIT_OK = 0
 EXIT_FAILED_LINES = 2  # the run finished, some lines have an error record
+EXIT_BELOW_BAR = 4  # the run finished, an eval score is under its bar (or dropped, in diff)
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, by the shell's convention (128 + SIGINT)
 
 
@@ -31,11 +33,15 @@ class Outcome(enum.Enum):
     ABORTED = "aborted"  # a stop rule or guard fired: rerun to resume
     INTERRUPTED = "interrupted"  # a signal: rerun to resume
 
-    def exit_code(self, failed_lines: int) -> int:
+    def exit_code(self, failed_lines: int, below_bar: bool = False) -> int:
+        """1 (raised, never returned here), 3 and 130 come before 4 (a score under its
+        bar), which comes before 2 (some lines failed): a cron job reads the worst news."""
         if self is Outcome.ABORTED:
             return Aborted.exit_code
         if self is Outcome.INTERRUPTED:
             return EXIT_INTERRUPTED
+        if below_bar:
+            return EXIT_BELOW_BAR
         return EXIT_FAILED_LINES if failed_lines else EXIT_OK
 
 

@@ -8,6 +8,7 @@ a record.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -80,12 +81,14 @@ def ok_record(
     schema_attempts: int | None = None,
     discarded_usage: dict[str, int] | None = None,
     cached: bool = False,
+    throttled: int = 0,
 ) -> Completed:
     """`parsed` (the content as JSON, which may be null) and `schema_attempts` (replies
     checked) are kept only for a line that asked for structured output, which is what
     a `schema_attempts` tells; `discarded_usage` sums the usage of replies refused for
     not fitting its response_format (paid for, not kept). `cached`: the reply came from
-    the request cache, not from a request (`"cached": true`; absent otherwise)."""
+    the request cache, not from a request (`"cached": true`; absent otherwise).
+    `throttled`: the 429s the line waited out (kept when there were any)."""
     record: dict[str, Any] = {
         "index": request.index,
         "line": request.line,
@@ -94,6 +97,7 @@ def ok_record(
         "response": response,
         "attempts": attempts,
         "latency_ms": round(latency_ms, 2),
+        "finished_at": round(time.time(), 3),
     }
     if ttft_ms is not None:
         record["ttft_ms"] = round(ttft_ms, 2)
@@ -104,6 +108,8 @@ def ok_record(
         record["discarded_usage"] = discarded_usage
     if cached:
         record["cached"] = True
+    if throttled:
+        record["throttled"] = throttled
     return Completed(request.index, orjson.dumps(record), failed=False)
 
 
@@ -115,6 +121,7 @@ def error_record(
     latency_ms: float | None = None,
     schema_attempts: int | None = None,
     discarded_usage: dict[str, int] | None = None,
+    throttled: int = 0,
 ) -> Completed:
     record: dict[str, Any] = {
         "index": line.index,
@@ -123,6 +130,7 @@ def error_record(
         "status": "error",
         "error": error.to_record(),
         "attempts": attempts,
+        "finished_at": round(time.time(), 3),
     }
     if latency_ms is not None:
         record["latency_ms"] = round(latency_ms, 2)
@@ -130,6 +138,8 @@ def error_record(
         record["schema_attempts"] = schema_attempts
     if discarded_usage is not None:
         record["discarded_usage"] = discarded_usage
+    if throttled:
+        record["throttled"] = throttled
     return Completed(line.index, orjson.dumps(record), failed=True)
 
 
@@ -223,6 +233,31 @@ class Record:
     def cached(self) -> bool:
         """Answered from the request cache (only a literal `true` says so)."""
         return self.data.get("cached") is True
+
+    @property
+    def score(self) -> dict[str, Any] | None:
+        """An eval run's per-scorer marks ({scorer: 0 or 1}); a failed line's are all 0.
+        The values are as stored: a reader checks each (see scoreboard.ScoreBoard.add)."""
+        value = self.data.get("score")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def slice(self) -> str | None:
+        """The line's value of the eval's `slice` row field, as a key (scoreboard.slice_key)."""
+        value = self.data.get("slice")
+        return value if isinstance(value, str) else None
+
+    @property
+    def finished_at(self) -> float | None:
+        """When the record was made, in seconds since the Unix epoch (this machine's clock)."""
+        value = self.data.get("finished_at")
+        return value if type(value) is float or type(value) is int else None
+
+    @property
+    def throttled(self) -> int:
+        """The 429 replies this line waited out before its record (0 when absent)."""
+        value = self.data.get("throttled")
+        return value if type(value) is int and value >= 0 else 0
 
     @property
     def error_type(self) -> str | None:

@@ -12,7 +12,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .cache_run import RunCache
 from .client import ChatClient, Reply
-from .errors import RequestFailed, SchemaViolation
+from .errors import RateLimited, RequestFailed, SchemaViolation
 from .flow import FlowControl
 from .journal import SentLog
 from .progress import LiveStats
@@ -81,12 +81,12 @@ class Worker:
                 return hit
         self.sent_log.mark(request.index)
         stats, flow, client = self.stats, self.flow, self.client
-        attempts = 0
+        attempts = throttled = 0
         first = 1  # this ask's first attempt: a schema re-ask is no transport retry
         started = 0.0
 
         async def attempt() -> Reply:
-            nonlocal attempts, started
+            nonlocal attempts, started, throttled
             reservation = await flow.admit(request.tokens)
             attempts += 1
             stats.sent += 1
@@ -96,6 +96,7 @@ class Worker:
                 reply = await client.complete(request.payload, stream=request.stream)
             except RequestFailed as exc:
                 flow.failed(reservation, exc)
+                throttled += isinstance(exc, RateLimited)
                 raise
             except BaseException:
                 flow.release()
@@ -111,10 +112,12 @@ class Worker:
                 first = attempts + 1
                 reply = await self.policy.call(attempt)
         except RequestFailed as exc:
-            return self._failed(request, exc, attempts, started, schema)
+            return self._failed(request, exc, attempts, started, schema=schema, throttled=throttled)
         finally:
             stats.in_flight -= 1
-        completed = self._succeeded(request, reply, attempts, started, schema)
+        completed = self._succeeded(
+            request, reply, attempts, started, schema=schema, throttled=throttled
+        )
         # Stored only once it made an ok record: errors (off-schema replies too) never are.
         if key is not None and not completed.failed:
             assert self.cache is not None
@@ -171,7 +174,9 @@ class Worker:
         reply: Reply,
         attempts: int,
         started: float,
+        *,
         schema: _Conformance | None = None,
+        throttled: int = 0,
     ) -> Completed:
         self.stops.succeeded()
         self.stats.ok += 1
@@ -182,7 +187,12 @@ class Worker:
         latency = (time.perf_counter() - started) * 1000
         if schema is None:
             return ok_record(
-                request, reply.response, attempts=attempts, latency_ms=latency, ttft_ms=ttft
+                request,
+                reply.response,
+                attempts=attempts,
+                latency_ms=latency,
+                ttft_ms=ttft,
+                throttled=throttled,
             )
         return ok_record(
             request,
@@ -193,6 +203,7 @@ class Worker:
             parsed=schema.parsed,
             schema_attempts=schema.asks,
             discarded_usage=schema.discarded_usage(),
+            throttled=throttled,
         )
 
     def _count_usage(self, reply: Reply) -> int:
@@ -210,7 +221,9 @@ class Worker:
         error: RequestFailed,
         attempts: int,
         started: float,
+        *,
         schema: _Conformance | None = None,
+        throttled: int = 0,
     ) -> Completed:
         self.stats.failed += 1
         self._guard(self.stops.failed(error))
@@ -218,7 +231,9 @@ class Worker:
         self._guard(self.guards.completed(request.tokens, spent, failed=True))
         latency = (time.perf_counter() - started) * 1000 if started else None
         if schema is None:
-            return error_record(request, error, attempts=attempts, latency_ms=latency)
+            return error_record(
+                request, error, attempts=attempts, latency_ms=latency, throttled=throttled
+            )
         return error_record(
             request,
             error,
@@ -226,6 +241,7 @@ class Worker:
             latency_ms=latency,
             schema_attempts=schema.asks,
             discarded_usage=schema.discarded_usage(),
+            throttled=throttled,
         )
 
     def _guard(self, stop: Stop | None) -> None:

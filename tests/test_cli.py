@@ -179,6 +179,10 @@ def kill_trials(
         written = indices(out / "results.jsonl")
         assert written == list(range(len(written)))  # an ordered prefix, even mid-kill
         assert written == sorted(held)[: len(written)]
+        if (out / ".starting-over").exists():
+            # Killed inside --fresh's start-over: the journal still holds the last trial's
+            # lines, which the rerun finishes discarding (as asked), so it sends them again.
+            held = set()
         before_resume = len(requested(log)) if log.exists() else 0
 
         resumed = batchrun(*args, "--json")

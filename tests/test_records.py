@@ -83,8 +83,13 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "prompt_tokens": (int,),
     "completion_tokens": (int,),
     "total_tokens": (int,),
+    "score": (dict,),
+    "slice": (str,),
+    "finished_at": (int, float),
+    "throttled": (int,),
 }
 COUNTS = {
+    "throttled",
     "attempts",
     "schema_attempts",
     "discarded_tokens",

@@ -190,7 +190,16 @@ async def test_lines_without_response_format_are_untouched(
     lines = [chat_request(0), chat_request(1), text_mode, labelled(3)]
     report, records = await run(mock_server(), tmp_path, lines)
     assert report.exit_code == 0
-    plain = {"index", "line", "custom_id", "status", "response", "attempts", "latency_ms"}
+    plain = {
+        "index",
+        "line",
+        "custom_id",
+        "status",
+        "response",
+        "attempts",
+        "latency_ms",
+        "finished_at",
+    }
     assert [set(r) for r in records[:3]] == [plain] * 3
     assert set(records[3]) == plain | {"parsed", "schema_attempts"}
     assert report.summary["structured"]["lines_checked"] == 1
