@@ -783,6 +783,12 @@ def report_command(outdir: Path, prices_file: Path | None, as_json: bool) -> Non
         render_report(found, Console())
 
 
+def _tolerance(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not 0 <= value <= 1:  # written out: click's FloatRange lets NaN through
+        raise click.BadParameter(f"must be a number from 0 to 1, not {value}")
+    return value
+
+
 @main.command("diff", context_settings=CONTEXT)
 @click.argument("run_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -793,21 +799,54 @@ def report_command(outdir: Path, prices_file: Path | None, as_json: bool) -> Non
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A TOML or JSON price table for the cost figures (the bundled one by default).",
 )
-def diff_command(run_a: Path, run_b: Path, as_json: bool, prices_file: Path | None) -> None:
+@click.option(
+    "--fail-on-regression",
+    is_flag=True,
+    help="Exit 4 when a scorer's score, overall or in a slice, dropped by more than --tolerance.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.0,
+    show_default=True,
+    callback=_tolerance,
+    help="The drop in score (0 to 1) that is not yet a regression.",
+)
+def diff_command(
+    run_a: Path,
+    run_b: Path,
+    as_json: bool,
+    prices_file: Path | None,
+    fail_on_regression: bool,
+    tolerance: float,
+) -> None:
     """Compare two runs' OUTDIRs: lines only in one, changed outputs, new and fixed
-    failures, and B - A of tokens, cost and latency. Lines join by custom_id when every
-    line of both runs has one, else by index. Neither OUTDIR is written to; a run still
-    being written is read as far as it got.
+    failures, B - A of tokens, cost and latency, and for eval runs each scorer's score,
+    overall and per slice, with the lines that went from pass to fail and back. Lines
+    join by custom_id when every line of both runs has one, else by index. Neither
+    OUTDIR is written to; a run still being written is read as far as it got.
+
+    --fail-on-regression compares the scorers both runs have: a drop of an overall or a
+    slice's score by more than --tolerance (compared exactly: 0.8 to 0.7 is a drop of
+    0.1) is a regression. A scorer or slice only one run has is listed as not compared,
+    never a regression; with no scorer in both runs it says so and exits 0.
+
+    \b
+    Exit codes:
+      0  compared (with --fail-on-regression: no score dropped beyond --tolerance)
+      1  usage error, or an OUTDIR that holds no run
+      4  --fail-on-regression: a score dropped by more than --tolerance
 
     \b
     Examples:
       batchrun diff runs/last-night runs/tonight
+      batchrun diff runs/last-night runs/tonight --fail-on-regression --tolerance 0.02
       batchrun diff runs/model-a runs/model-b --json > diff.json
     """
-    from .diff import diff_runs, render_diff  # noqa: PLC0415 (only this command needs it)
+    from .diff import diff_runs, render_diff, render_verdict  # noqa: PLC0415 (only here)
 
     try:
-        found = diff_runs(run_a, run_b, load_prices(prices_file)).to_dict()
+        found = diff_runs(run_a, run_b, load_prices(prices_file)).to_dict(tolerance)
     except BatchrunError as exc:
         stderr_console().print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
         sys.exit(exc.exit_code)
@@ -815,3 +854,5 @@ def diff_command(run_a: Path, run_b: Path, as_json: bool, prices_file: Path | No
         click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
     else:
         render_diff(found, Console(highlight=False))
+    if fail_on_regression:
+        sys.exit(render_verdict(found, stderr_console()))

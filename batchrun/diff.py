@@ -1,57 +1,45 @@
 """`batchrun diff`: what changed between two runs of (about) the same lines.
 
-Memory is bounded by one run, compactly: run A is indexed by its join key into a small
-tuple per line (status, error type, a 64-bit hash of the output, where its record
-lies on disk), then run B is streamed against that index; each matched key is marked
-taken, so what is left untaken at the end is only in A, and a key B repeats is told from a
-line A lacks. The text of a changed output is read back from
-A's file for the few examples shown, never kept. Tokens, cost and latency are summed per
-run by summary.py's `Totals`, the same figures summary.json shows.
+Memory is bounded by one run, compactly: run A is read (diff_read.py) into a small tuple
+per line (status, error type, a 64-bit hash of the output, the scorers it passed, where
+its record lies on disk) by join key, then run B is streamed against that index; each
+matched key is marked joined, so what is left unjoined at the end is only in A, and a
+key B repeats is told from a line A lacks. The text of an output shown as an example is
+read back from its file, never kept. Counts, tokens, cost and latency are summed as
+summary.py sums them; eval scores per scorer and slice are compared by diff_scores.py.
 
 Lines join by `custom_id` when every record of both runs has one (A's unique), else by
-index. A line's fingerprint (`_Line`) is what the comparison sees: per-line eval scores
-become one more field there and one more counter in `Changes` when runs carry them.
+index. Neither is known before reading: A is indexed by id until a record says
+otherwise, and B is joined by id until one of its records has none, when the join starts
+over by index (only a run mixing records with and without ids pays for that).
 
-Records are read like summary.py reads them: results.jsonl, plus the journal records of
-lines done beyond a gap (the last record of an index wins). Both OUTDIRs are only read,
-and a run still being written is read as far as it got.
+Both OUTDIRs are only read, and a run still being written is read as far as it got.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+from .diff_read import Key, Line, RunFigures, ScoreMarks, read_lines, reread_output
+from .diff_render import render_diff, render_verdict
+from .diff_scores import Drop, FlipCounter, ScoreDiff, common_scorers, run_scores
 from .errors import ConfigError
 from .outdir import Paths
 from .prices import PriceTable
-from .records import Record
-from .summary import PERCENTILES, Totals, cost_section, percentiles
+from .summary import PERCENTILES
 
-__all__ = ["Changes", "RunDiff", "diff_runs", "render_diff"]
+__all__ = ["Changes", "RunDiff", "diff_runs", "render_diff", "render_verdict"]
 
 EXAMPLES = 5  # changed outputs shown side by side
 LISTED = 20  # keys listed per kind of change
 PREVIEW = 200  # characters of an output shown in an example
-
-Key = str | int
-
-
-class _Line(NamedTuple):
-    """What run A keeps of one line: enough to compare, and where to read it again."""
-
-    ok: bool
-    error_type: str | None
-    digest: int | None  # of the output; None for a failed line
-    where: int  # offset * 2 + 1 in the journal, + 0 in results.jsonl
 
 
 @dataclass
@@ -74,6 +62,9 @@ class Changes:
     fixed_failures_count: int = 0
     error_type_changes: list[dict[str, Any]] = field(default_factory=list)
     error_type_changes_count: int = 0
+    flips: FlipCounter = field(default_factory=FlipCounter)
+    # changed outputs to show, as (key, where in A, where in B) until they are read
+    changed_first: list[tuple[Key, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -82,16 +73,24 @@ class RunDiff:
     b: Path
     joined_by: str  # custom_id | index
     changes: Changes
-    totals_a: Totals
-    totals_b: Totals
+    figures_a: RunFigures
+    figures_b: RunFigures
+    scores: ScoreDiff
     prices: PriceTable
 
-    def to_dict(self) -> dict[str, Any]:
-        """The `--json` shape."""
+    def regressions(self, tolerance: float = 0.0) -> tuple[list[Drop], list[dict[str, Any]]]:
+        """Scores that dropped by more than `tolerance`, and what was not compared."""
+        return self.scores.regressions(tolerance)
+
+    def to_dict(self, tolerance: float = 0.0) -> dict[str, Any]:
+        """The `--json` shape; `regressions` are drops beyond `tolerance`."""
         c = self.changes
+        drops, skipped = self.regressions(tolerance)
+        run_a = self.figures_a.to_json(str(self.a), self.prices)
+        run_b = self.figures_b.to_json(str(self.b), self.prices)
         return {
-            "a": _run_figures(self.a, self.totals_a, self.prices),
-            "b": _run_figures(self.b, self.totals_b, self.prices),
+            "a": run_a,
+            "b": run_b,
             "joined_by": self.joined_by,
             "common": c.common,
             "unjoined": {"a": c.unjoined_a, "b": c.unjoined_b},
@@ -104,48 +103,49 @@ class RunDiff:
                 "count": c.error_type_changes_count,
                 "lines": c.error_type_changes,
             },
-            "delta": self._deltas(),
+            "delta": _deltas(run_a, run_b),
+            "scores": self.scores.to_json(),
+            "regressions": {
+                "tolerance": tolerance,
+                "drops": [drop.to_json() for drop in drops],
+                "not_compared": skipped,
+            },
         }
 
-    def _deltas(self) -> dict[str, Any]:
-        """B minus A, for every figure both runs have."""
-        a, b = self.totals_a, self.totals_b
-        tokens_a, tokens_b = a.token_totals(), b.token_totals()
-        cost_a = cost_section(a, self.prices)["total_usd"]
-        cost_b = cost_section(b, self.prices)["total_usd"]
-        latency_a, latency_b = percentiles(a.latencies_ms), percentiles(b.latencies_ms)
-        latency = None
-        if latency_a is not None and latency_b is not None:
-            latency = {
-                f"p{p}": round(latency_b[f"p{p}"] - latency_a[f"p{p}"], 2) for p in PERCENTILES
-            }
-        return {
-            "ok": b.ok - a.ok,
-            "failed": b.failed - a.failed,
-            "tokens": {k: tokens_b[k] - tokens_a[k] for k in tokens_a},
-            "cost_usd": round(cost_b - cost_a, 6),
-            "latency_ms": latency,
-        }
+
+def _deltas(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """B minus A (RunFigures.to_json of each), for every figure both runs have."""
+    latency_a, latency_b = a["latency_ms"], b["latency_ms"]
+    latency = None
+    if latency_a is not None and latency_b is not None:
+        latency = {f"p{p}": round(latency_b[f"p{p}"] - latency_a[f"p{p}"], 2) for p in PERCENTILES}
+    return {
+        "ok": b["ok"] - a["ok"],
+        "failed": b["failed"] - a["failed"],
+        "tokens": {k: b["tokens"][k] - a["tokens"][k] for k in a["tokens"]},
+        "cost_usd": round(b["cost_usd"] - a["cost_usd"], 6),
+        "latency_ms": latency,
+    }
 
 
 def diff_runs(a: Path, b: Path, prices: PriceTable | None = None) -> RunDiff:
     """Compare the records of OUTDIRs `a` and `b` (neither is written to)."""
     paths_a, paths_b = _run_paths(a), _run_paths(b)
-    totals_a, totals_b = Totals(), Totals()
-    by_id = _all_have_ids(paths_a) and _all_have_ids(paths_b)
-    changes = Changes()
-    index = _index(paths_a, totals_a, changes, by_id=by_id)
-    if index is None:  # a custom_id repeats in A: it cannot say which line is which
-        by_id, totals_a, changes = False, Totals(), Changes()
-        index = _index(paths_a, totals_a, changes, by_id=False)
-    assert index is not None
-    _join(paths_b, totals_b, index, changes, paths_a, by_id=by_id)
-    left = [key for key, line in index.items() if line is not None]
-    changes.only_in_a_count = len(left)
-    changes.only_in_a = heapq.nsmallest(LISTED, left, key=_order)
+    for by_id in (True, False):
+        marks = ScoreMarks()  # both runs': lines scored alike share their marks
+        figures_a, figures_b, changes = RunFigures(), RunFigures(), Changes()
+        lines_a = read_lines(paths_a, figures_a, marks)
+        lines_b = read_lines(paths_b, figures_b, marks)
+        if _join(lines_a, lines_b, changes, by_id=by_id):
+            break
+    changes.examples = [
+        {"key": key, "a": _output(paths_a, where_a), "b": _output(paths_b, where_b)}
+        for key, where_a, where_b in changes.changed_first
+    ]
+    scores = _score_diff(paths_a, paths_b, figures_a, figures_b, changes.flips)
     joined_by = "custom_id" if by_id else "index"
     prices = prices or PriceTable.bundled()
-    return RunDiff(a, b, joined_by, changes, totals_a, totals_b, prices)
+    return RunDiff(a, b, joined_by, changes, figures_a, figures_b, scores, prices)
 
 
 def _run_paths(outdir: Path) -> Paths:
@@ -157,157 +157,138 @@ def _run_paths(outdir: Path) -> Paths:
     return paths
 
 
-def _records(paths: Paths) -> Iterator[tuple[Record, int]]:
-    """Every record of a run in index order, with where it lies (see `_Line.where`)."""
-    for raw, where in _stored(paths):
-        record = Record.parse(raw)
-        if record is not None:  # not a torn last line of a run being written
-            yield record, where
-
-
-def _stored(paths: Paths) -> Iterator[tuple[bytes, int]]:
-    """The lines of a run's records, undecoded: results.jsonl, then the last journal
-    record of each index beyond it (only their offsets are kept meanwhile)."""
-    written = 0
-    if paths.results.exists():
-        with paths.results.open("rb") as stream:
-            offset = 0
-            for raw in stream:
-                written += raw.endswith(b"\n")  # a torn last line is no record yet
-                yield raw, offset * 2
-                offset += len(raw)
-    if not paths.journal.exists():
-        return
-    beyond: dict[int, int] = {}
-    with paths.journal.open("rb") as stream:
-        offset = 0
-        for raw in stream:
-            index = _index_of(raw)
-            if index is not None and index >= written:
-                beyond[index] = offset
-            offset += len(raw)
-        for index in sorted(beyond):
-            stream.seek(beyond[index])
-            yield stream.readline(), beyond[index] * 2 + 1
-
-
-def _index_of(raw: bytes) -> int | None:
-    """A journal line's index, read from the bytes batchrun writes first (`{"index":N,`)
-    without decoding the reply after it; any other line is decoded."""
-    if raw.startswith(b'{"index":'):
-        end = raw.find(b",", 9, 40)
-        if end > 9 and raw[9:end].isdigit():
-            return int(raw[9:end])
-    record = Record.parse(raw)
-    return None if record is None else record.index
-
-
-def _all_have_ids(paths: Paths) -> bool:
-    """Whether every record of the run has a custom_id. Only a line without the bytes
-    batchrun writes for one (`"custom_id":"`) is decoded: a hand-edited file may space it."""
-    for raw, _ in _stored(paths):
-        if b'"custom_id":"' in raw:
-            continue
-        record = Record.parse(raw)
-        if record is not None and record.custom_id is None:
+def _join(
+    lines_a: Iterator[Line], lines_b: Iterator[Line], changes: Changes, *, by_id: bool
+) -> bool:
+    """Read both runs side by side, comparing the lines that share a key. Two runs of the
+    same input list their lines in the same order, so a line usually meets its match at
+    once; one that does not waits (`_Waiting`) until the other run reaches it, and what
+    still waits at the end is only in its run. False when joining by id and a line has
+    none or repeats one (then the join starts over by index)."""
+    waiting = _Waiting(changes, by_id=by_id)
+    joined, pending_a, pending_b = waiting.joined, waiting.pending[0], waiting.pending[1]
+    for a, b in itertools.zip_longest(lines_a, lines_b):
+        if a is not None and b is not None:
+            key = a[0] if by_id else a[1]
+            if (
+                key is not None
+                and key == (b[0] if by_id else b[1])
+                and key not in joined
+                and key not in pending_a
+                and key not in pending_b
+            ):
+                joined.add(key)
+                if a[2:6] != b[2:6]:  # status, error type, output or passes differ
+                    _compare(changes, key, a, b)
+                continue
+        if (a is not None and not waiting.place(0, a)) or (
+            b is not None and not waiting.place(1, b)
+        ):
             return False
+    changes.common = len(joined)
+    changes.only_in_a_count, changes.only_in_b_count = len(pending_a), len(pending_b)
+    changes.only_in_a = heapq.nsmallest(LISTED, pending_a, key=_order)
+    changes.only_in_b = heapq.nsmallest(LISTED, pending_b, key=_order)
     return True
 
 
-def _index(
-    paths: Paths, totals: Totals, changes: Changes, *, by_id: bool
-) -> dict[Key, _Line | None] | None:
-    """Run A by join key; None when joining by id and an id repeats. A record with no
-    key, or with an index seen before (a hand-edited file), is counted, not joined."""
-    index: dict[Key, _Line | None] = {}
-    for record, where in _records(paths):
-        totals.add(record)
-        key = _key(record, by_id=by_id)
-        if by_id and key in index:
-            return None
-        if key is None or key in index:
-            changes.unjoined_a += 1
-            continue
-        ok = record.status == "ok"
-        index[key] = _Line(ok, record.error_type, _digest(record) if ok else None, where)
-    return index
+class _Waiting:
+    """The keys joined so far, and each run's lines still waiting for their match."""
+
+    def __init__(self, changes: Changes, *, by_id: bool) -> None:
+        self.changes = changes
+        self.by_id = by_id
+        self.joined: set[Key] = set()
+        self.pending: tuple[dict[Key, Line], dict[Key, Line]] = ({}, {})
+
+    def place(self, side: int, line: Line) -> bool:
+        """A line of run A (`side` 0) or B (1) that did not meet its match at once: joined
+        with the other run's line waiting for it, else left waiting. A line with no key,
+        or a key its run had before (a hand-edited file), is counted as unjoined, never
+        guessed at; joining by id, it stops the join instead (False)."""
+        key = line[0] if self.by_id else line[1]
+        own, other = self.pending[side], self.pending[1 - side]
+        if key is None or key in own or key in self.joined:
+            if self.by_id:
+                return False
+            if side == 0:
+                self.changes.unjoined_a += 1
+            else:
+                self.changes.unjoined_b += 1
+            return True
+        match = other.pop(key, None)
+        if match is None:
+            own[key] = line
+            return True
+        self.joined.add(key)
+        a, b = (line, match) if side == 0 else (match, line)
+        if a[2:6] != b[2:6]:
+            _compare(self.changes, key, a, b)
+        return True
 
 
-def _join(
-    paths: Paths,
-    totals: Totals,
-    index: dict[Key, _Line | None],
-    changes: Changes,
-    paths_a: Paths,
-    *,
-    by_id: bool,
-) -> None:
-    """Stream run B's records against run A's `index`, marking each line it joins."""
-    for record, _ in _records(paths):
-        totals.add(record)
-        key = _key(record, by_id=by_id)
-        if key is None:
-            changes.unjoined_b += 1
-            continue
-        if key not in index:
-            changes.only_in_b_count += 1
-            _note(changes.only_in_b, key)
-            continue
-        line = index[key]
-        if line is None:  # B repeats a key: joined already
-            changes.unjoined_b += 1
-            continue
-        index[key] = None  # not popped: a repeat must still be told from a new line
-        _compare(changes, paths_a, key, line, record)
-
-
-def _key(record: Record, *, by_id: bool) -> Key | None:
-    return record.custom_id if by_id else record.index
-
-
-def _digest(record: Record) -> int:
-    """64 bits of the output: its text, or the whole first choice when it has none (tool
-    calls). Python's own string hash: both runs are hashed in this one process, so its
-    per-process seed does not matter, and it costs a fraction of a cryptographic digest."""
-    content = record.content
-    if content is not None:
-        return hash(content)
-    choices = (record.response or {}).get("choices")
-    return hash(orjson.dumps(choices, option=orjson.OPT_SORT_KEYS, default=repr))
-
-
-def _compare(changes: Changes, paths_a: Paths, key: Key, a: _Line, b: Record) -> None:
-    changes.common += 1
-    b_ok, b_type = b.status == "ok", b.error_type
-    if a.ok and b_ok:
-        if a.digest != _digest(b):
+def _compare(changes: Changes, key: Key, a: Line, b: Line) -> None:
+    a_ok, a_type, a_digest = a[2:5]
+    b_ok, b_type, b_digest = b[2:5]
+    if a_ok and b_ok:
+        if a_digest != b_digest:
             changes.changed_outputs += 1
-            if len(changes.examples) < EXAMPLES:
-                before = _reread(paths_a, a.where)
-                changes.examples.append(
-                    {"key": key, "a": _preview(before), "b": _preview(b.content)}
-                )
-    elif a.ok:
+            if len(changes.changed_first) < EXAMPLES:
+                changes.changed_first.append((key, a[7], b[7]))
+    elif a_ok:
         changes.new_failures_count += 1
         _note(changes.new_failures, {"key": key, "error_type": b_type})
     elif b_ok:
         changes.fixed_failures_count += 1
-        _note(changes.fixed_failures, {"key": key, "error_type": a.error_type})
-    elif a.error_type != b_type:
+        _note(changes.fixed_failures, {"key": key, "error_type": a_type})
+    elif a_type != b_type:
         changes.error_type_changes_count += 1
-        _note(changes.error_type_changes, {"key": key, "a": a.error_type, "b": b_type})
+        _note(changes.error_type_changes, {"key": key, "a": a_type, "b": b_type})
+    if a[5] != b[5]:
+        changes.flips.add(key, a, b)
 
 
-def _reread(paths: Paths, where: int) -> str | None:
-    """The output of the record of run A at `where`."""
-    file = paths.journal if where & 1 else paths.results
-    with file.open("rb") as stream:
-        stream.seek(where >> 1)
-        record = Record.parse(stream.readline())
-    return None if record is None else record.content
+def _score_diff(
+    paths_a: Paths,
+    paths_b: Paths,
+    figures_a: RunFigures,
+    figures_b: RunFigures,
+    flips: FlipCounter,
+) -> ScoreDiff:
+    """Both runs' scores, with the first flipped lines of each scorer both have."""
+    a = run_scores(figures_a, _summary_scorers(paths_a))
+    b = run_scores(figures_b, _summary_scorers(paths_b))
+    examples = {}
+    for name in common_scorers(a, b):
+        for direction in ("pass_to_fail", "fail_to_pass"):
+            found = getattr(flips, direction).get(name)
+            lines = [] if found is None else found.first
+            examples[name, direction] = [
+                {
+                    "key": key,
+                    "slice": slice_value,
+                    "a": _output(paths_a, where_a),
+                    "b": _output(paths_b, where_b),
+                }
+                for key, slice_value, where_a, where_b in lines
+            ]
+    return ScoreDiff(a, b, flips, examples)
 
 
-def _preview(text: str | None) -> str | None:
+def _summary_scorers(paths: Paths) -> list[str]:
+    """The scorers summary.json's `eval` names ([] without one: killed, or no eval)."""
+    try:
+        summary = orjson.loads(paths.summary.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return []
+    section = summary.get("eval") if isinstance(summary, dict) else None
+    scorers = section.get("scorers") if isinstance(section, dict) else None
+    return list(scorers) if isinstance(scorers, dict) else []
+
+
+def _output(paths: Paths, where: int) -> str | None:
+    """A line's output, cut to PREVIEW characters."""
+    text = reread_output(paths, where)
     if text is None or len(text) <= PREVIEW:
         return text
     return text[: PREVIEW - 1] + "…"
@@ -321,91 +302,3 @@ def _note(listed: list[Any], item: object) -> None:
 def _order(key: Key) -> tuple[int, int, str]:
     """Indexes in number order, ids in text order (a mixed index never compares them)."""
     return (0, key, "") if isinstance(key, int) else (1, 0, key)
-
-
-def _run_figures(outdir: Path, totals: Totals, prices: PriceTable) -> dict[str, Any]:
-    return {
-        "outdir": str(outdir),
-        "lines": totals.ok + totals.failed,
-        "ok": totals.ok,
-        "failed": totals.failed,
-        "tokens": totals.token_totals(),
-        "cost_usd": cost_section(totals, prices)["total_usd"],
-        "latency_ms": percentiles(totals.latencies_ms),
-    }
-
-
-def render_diff(diff: dict[str, Any], console: Console) -> None:
-    """`diff` (RunDiff.to_dict) as rich tables: figures side by side, then the changes."""
-    a, b, delta = diff["a"], diff["b"], diff["delta"]
-    # Text, never markup: paths, ids and outputs are not ours ("[B]" is an answer).
-    console.print(Text(f"A: {a['outdir']}\nB: {b['outdir']}"))
-    figures = Table()
-    for column in ("", "A", "B", "B - A"):
-        figures.add_column(column, justify="right" if column else "left")
-    figures.add_row("lines", str(a["lines"]), str(b["lines"]), "")
-    figures.add_row("ok", str(a["ok"]), str(b["ok"]), _signed(delta["ok"]))
-    figures.add_row("failed", str(a["failed"]), str(b["failed"]), _signed(delta["failed"]))
-    for kind, change in delta["tokens"].items():
-        figures.add_row(kind, str(a["tokens"][kind]), str(b["tokens"][kind]), _signed(change))
-    figures.add_row(
-        "cost (USD)", f"{a['cost_usd']:.6f}", f"{b['cost_usd']:.6f}", _signed(delta["cost_usd"])
-    )
-    for p in PERCENTILES:
-        name = f"p{p}"
-        change = None if delta["latency_ms"] is None else delta["latency_ms"][name]
-        figures.add_row(
-            f"latency {name} (ms)",
-            _ms(a["latency_ms"], name),
-            _ms(b["latency_ms"], name),
-            _signed(change),
-        )
-    console.print(figures)
-
-    changes = Table(title=f"changes (joined by {diff['joined_by']})", title_justify="left")
-    changes.add_column("")
-    changes.add_column("lines", justify="right")
-    changes.add_column(f"first {LISTED}")
-    changes.add_row("in both", str(diff["common"]), "")
-    for name in ("only_in_a", "only_in_b"):
-        part = diff[name]
-        what = name.replace("_", " ").replace(" a", " A").replace(" b", " B")
-        changes.add_row(what, str(part["count"]), _keys(part["keys"]))
-    unjoined = diff["unjoined"]
-    if unjoined["a"] or unjoined["b"]:
-        counts = f"{unjoined['a']} / {unjoined['b']}"
-        changes.add_row("unjoined (A / B)", counts, "no key, or a repeated one")
-    changes.add_row("changed outputs", str(diff["changed_outputs"]["count"]), "")
-    for name in ("new_failures", "fixed_failures", "error_type_changes"):
-        part = diff[name]
-        keys = [line["key"] for line in part["lines"]]
-        changes.add_row(name.replace("_", " "), str(part["count"]), _keys(keys))
-    console.print(changes)
-
-    examples = diff["changed_outputs"]["examples"]
-    if examples:
-        side = Table(title="changed outputs", title_justify="left", show_lines=True)
-        side.add_column("line")
-        side.add_column("A", overflow="fold")
-        side.add_column("B", overflow="fold")
-        for example in examples:
-            side.add_row(Text(str(example["key"])), _text(example["a"]), _text(example["b"]))
-        console.print(side)
-
-
-def _signed(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+}" if isinstance(value, int) else f"{value:+.6g}"
-
-
-def _ms(figures: dict[str, float] | None, name: str) -> str:
-    return "-" if figures is None else f"{figures[name]:.1f}"
-
-
-def _keys(keys: list[Key]) -> Text:
-    return Text(", ".join(str(k) for k in keys))
-
-
-def _text(value: str | None) -> Text:
-    return Text("(no text)", style="dim") if value is None else Text(value)
