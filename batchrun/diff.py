@@ -174,11 +174,12 @@ def _join(
                 key is not None
                 and key == (b[0] if by_id else b[1])
                 and key not in joined
-                and key not in pending_a
-                and key not in pending_b
+                and (not pending_a or key not in pending_a)
+                and (not pending_b or key not in pending_b)
             ):
                 joined.add(key)
-                if a[2:6] != b[2:6]:  # status, error type, output or passes differ
+                # Output, passes, status, error type: most lines are alike.
+                if a[4] != b[4] or a[5] is not b[5] or a[2] != b[2] or a[3] != b[3]:
                     _compare(changes, key, a, b)
                 continue
         if (a is not None and not waiting.place(0, a)) or (

@@ -19,7 +19,7 @@ run still being written is read as far as it got; nothing is written.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from .prices import PriceTable, Tokens
 from .records import Record
 from .summary import Totals, cost_section, percentiles
 
-__all__ = ["Key", "Line", "RunFigures", "ScoreMarks", "read_lines", "reread_output", "stored"]
+__all__ = ["Key", "Line", "RunFigures", "ScoreMarks", "read_lines", "reread_output"]
 
 Key = str | int
 # One line: (custom_id, index, ok, error type, output digest (None when failed), the
@@ -116,83 +116,90 @@ def read_lines(paths: Paths, figures: RunFigures, marks: ScoreMarks) -> Iterator
     loads, dumps, decode_error = orjson.loads, orjson.dumps, orjson.JSONDecodeError
     tokens, cached_tokens, latencies = figures.tokens, figures.cached_tokens, figures.latencies_ms
     tally, known, usage_of = figures.scores, marks.known, _USAGE
-    for raw, where in stored(paths):
-        try:
-            data = loads(raw)
-        except decode_error:
-            continue  # a torn last line of a run being written, or no JSON at all
-        if type(data) is not dict:
-            continue
-        custom_id = data.get("custom_id")
-        if type(custom_id) is not str:
-            custom_id = None
-        index = data.get("index")
-        if type(index) is not int:
-            index = None
-        slice_ = data.get("slice")
-        if type(slice_) is not str:
-            slice_ = None
-        ok = data.get("status") == "ok"
-        score = data.get("score")
-        combo: Combo | None = None
-        passed = NO_PASS
-        if type(score) is dict:
-            score_key = dumps(score)
-            entry = known.get(score_key)
-            combo, passed = entry if entry is not None else marks.add(score, score_key)
-        if ok:
-            figures.ok += 1
-            try:  # the usual shape in one go; a subscript of any other shape raises
-                response = data["response"]
-                content = response["choices"][0]["message"]["content"]
-            except (KeyError, TypeError, IndexError):
-                response = data.get("response")
-                if type(response) is not dict:
-                    response = _NO_OBJECT
-                content = None
-            model = response.get("model")
-            if type(model) is not str:
-                model = "unknown"
+    complete = [0]  # newline-ended lines of results.jsonl, for `_sources` once read
+    for lines, start, in_journal in _sources(paths, complete):
+        offset, count, raw = start, 0, b""
+        for count, raw in enumerate(lines, 1):  # noqa: B007 (read after the loop)
+            where = offset * 2 + in_journal
+            offset += len(raw)
             try:
-                prompt, completion, total = usage_of(response["usage"])
-            except (KeyError, TypeError):
-                prompt = completion = total = None
-            if type(prompt) is not int or prompt < 0:
-                prompt = 0
-            if type(completion) is not int or completion < 0:
-                completion = 0
-            if type(total) is not int or total < 0:
-                total = 0
-            counts = tokens.get(model)
-            if counts is None:
-                counts = tokens[model] = [0, 0, 0, 0]
-            counts[0] += 1
-            counts[1] += prompt
-            counts[2] += completion
-            counts[3] += total
-            if data.get("cached") is True:  # no request was made: nothing to time
-                figures.cached += 1
-                saved = cached_tokens.get(model)
-                if saved is None:
-                    saved = cached_tokens[model] = [0, 0]
-                saved[0] += prompt
-                saved[1] += completion
-            else:
-                latency = data.get("latency_ms")
-                if type(latency) is float or type(latency) is int:
-                    latencies.append(latency)
-            digest = hash(content) if type(content) is str else _other_digest(data)
-            error_type = None
-        else:
-            figures.failed += 1
-            error = data.get("error")
-            error_type = error.get("type") if type(error) is dict else None
-            if type(error_type) is not str:
+                data = loads(raw)
+            except decode_error:
+                continue  # a torn last line of a run being written, or no JSON at all
+            if type(data) is not dict:
+                continue
+            custom_id = data.get("custom_id")
+            if type(custom_id) is not str:
+                custom_id = None
+            index = data.get("index")
+            if type(index) is not int:
+                index = None
+            slice_ = data.get("slice")
+            if type(slice_) is not str:
+                slice_ = None
+            ok = data.get("status") == "ok"
+            score = data.get("score")
+            combo: Combo | None = None
+            passed = NO_PASS
+            if type(score) is dict:
+                score_key = dumps(score)
+                entry = known.get(score_key)
+                combo, passed = entry if entry is not None else marks.add(score, score_key)
+            if ok:
+                figures.ok += 1
+                try:  # the usual shape in one go; a subscript of any other shape raises
+                    response = data["response"]
+                    content = response["choices"][0]["message"]["content"]
+                except (KeyError, TypeError, IndexError):
+                    response = data.get("response")
+                    if type(response) is not dict:
+                        response = _NO_OBJECT
+                    content = None
+                model = response.get("model")
+                if type(model) is not str:
+                    model = "unknown"
+                try:
+                    prompt, completion, total = usage_of(response["usage"])
+                except (KeyError, TypeError):
+                    prompt = completion = total = None
+                if type(prompt) is not int or prompt < 0:
+                    prompt = 0
+                if type(completion) is not int or completion < 0:
+                    completion = 0
+                if type(total) is not int or total < 0:
+                    total = 0
+                counts = tokens.get(model)
+                if counts is None:
+                    counts = tokens[model] = [0, 0, 0, 0]
+                counts[0] += 1
+                counts[1] += prompt
+                counts[2] += completion
+                counts[3] += total
+                if data.get("cached") is True:  # no request was made: nothing to time
+                    figures.cached += 1
+                    saved = cached_tokens.get(model)
+                    if saved is None:
+                        saved = cached_tokens[model] = [0, 0]
+                    saved[0] += prompt
+                    saved[1] += completion
+                else:
+                    latency = data.get("latency_ms")
+                    if type(latency) is float or type(latency) is int:
+                        latencies.append(latency)
+                digest = hash(content) if type(content) is str else _other_digest(data)
                 error_type = None
-            digest, passed = None, NO_PASS  # a failed request is unscored: it passes none
-        key = (slice_, combo, ok)
-        tally[key] = tally.get(key, 0) + 1
-        yield (custom_id, index, ok, error_type, digest, passed, slice_, where)
+            else:
+                figures.failed += 1
+                error = data.get("error")
+                error_type = error.get("type") if type(error) is dict else None
+                if type(error_type) is not str:
+                    error_type = None
+                digest, passed = None, NO_PASS  # a failed request is unscored: it passes none
+            key = (slice_, combo, ok)
+            tally[key] = tally.get(key, 0) + 1
+            yield (custom_id, index, ok, error_type, digest, passed, slice_, where)
+        if not in_journal:
+            complete[0] = count - (count > 0 and not raw.endswith(b"\n"))
 
 
 def _other_digest(data: dict[str, Any]) -> int:
@@ -207,17 +214,13 @@ def _other_digest(data: dict[str, Any]) -> int:
     return hash(orjson.dumps(choices, option=orjson.OPT_SORT_KEYS, default=repr))
 
 
-def stored(paths: Paths) -> Iterator[tuple[bytes, int]]:
-    """The lines of a run's records, undecoded, with where each lies (see `Line`):
-    results.jsonl, then the last journal record of each index beyond it."""
-    written = 0
+def _sources(paths: Paths, complete: list[int]) -> Iterator[tuple[Iterable[bytes], int, int]]:
+    """Where a run's records lie, as (lines, offset of the first, 1 if in the journal):
+    results.jsonl, then the last journal record of each index beyond it, which is
+    `complete[0]` once results.jsonl is read (its torn last line is no record yet)."""
     if paths.results.exists():
         with paths.results.open("rb") as stream:
-            offset = 0
-            for raw in stream:
-                written += raw.endswith(b"\n")  # a torn last line is no record yet
-                yield raw, offset * 2
-                offset += len(raw)
+            yield stream, 0, 0
     if not paths.journal.exists():
         return
     beyond: dict[int, int] = {}
@@ -225,12 +228,12 @@ def stored(paths: Paths) -> Iterator[tuple[bytes, int]]:
         offset = 0
         for raw in stream:
             index = _index_of(raw)
-            if index is not None and index >= written:
+            if index is not None and index >= complete[0]:
                 beyond[index] = offset
             offset += len(raw)
         for index in sorted(beyond):
             stream.seek(beyond[index])
-            yield stream.readline(), beyond[index] * 2 + 1
+            yield [stream.readline()], beyond[index], 1
 
 
 def _index_of(raw: bytes) -> int | None:
