@@ -232,22 +232,40 @@ class RowParser(LineParser):
         self._id = job.input.id
         self._fields = dict(job.request)  # the [request] body fields
         self._messages = job.messages
+        self._metadata = job.metadata
+        self._eval = job.eval
 
     def parse_row(self, row: Row, index: int) -> Request | BadLine:
         custom_id = str(row.line) if self._id is None else None
+        expectation = None
         try:
             if self._id is not None:
                 # A CSV row with extra values still says whose it is.
                 custom_id = row_id(row.value if row.value is not None else row.read(), self._id)
             value = row.read()
+            if self._eval is not None:
+                expectation = self._eval.expectation(value)
+                self._eval.check(value)
             body = {**self._fields, "messages": self._messages.render(value)}
+            if self._metadata is not None:
+                body["metadata"] = self._metadata.render(value)
             self._complete(body)
             for warning in validate_body(body):
                 self._warn(warning, row.line)
             checker = self._checker(body)  # compiled once: every row shares the job's format
         except InvalidInput as exc:
-            return BadLine(index, row.line, custom_id, exc.at_line(row.line))
-        return self._request(index, row.line, custom_id, orjson.dumps(body), body, checker=checker)
+            if expectation is None and self._eval is not None:
+                expectation = self._eval.unreadable()
+            return BadLine(index, row.line, custom_id, exc.at_line(row.line), expectation)
+        return self._request(
+            index,
+            row.line,
+            custom_id,
+            orjson.dumps(body),
+            body,
+            checker=checker,
+            expectation=expectation,
+        )
 
 
 def make_parser(config: RunConfig, fmt: InputFormat, *, estimate: bool) -> LineParser:
