@@ -53,7 +53,7 @@ SAMPLE_ROWS = 100  # the rows a template's fields are checked against before sen
 MAX_LINE_BYTES = 10 * 1024 * 1024
 TOP_KEYS = ("input", "request", "messages", "run", "output", "prices", "eval")
 INPUT_KEYS = ("path", "id", "limit")
-OUTPUT_KEYS = ("field", "error_field")
+OUTPUT_KEYS = ("field", "error_field", "score_field")
 # Body fields a job may not set in [request]: each has its own place in the job.
 REQUEST_ELSEWHERE = {
     "messages": "write them as [[messages]] tables",
@@ -78,6 +78,7 @@ class OutputKeys:
 
     field: str = "output"
     error_field: str = "error"
+    score_field: str = "score"  # an eval job's per-row scores
 
 
 @dataclass(frozen=True, eq=False)  # identity: its tables are dicts, and RunConfig hashes it
@@ -327,6 +328,7 @@ class _Checker:
             "messages": data.get("messages"),
             "id": job_input.id,
             "output": [output.field, output.error_field],
+            **({} if output.score_field == "score" else {"score_field": output.score_field}),
             **({} if evaluation is None else {"eval": evaluation.identity()}),
         }
         digest = hashlib.sha256(orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -432,9 +434,13 @@ class _Checker:
         default = OutputKeys()
         field = self._checked(("output", "field"), table.get("field"), _text)
         error = self._checked(("output", "error_field"), table.get("error_field"), _text)
-        keys = OutputKeys(field or default.field, error or default.error_field)
-        if keys.field == keys.error_field:
-            self.fail(("output",), f"field and error_field must differ, both are {keys.field!r}")
+        score = self._checked(("output", "score_field"), table.get("score_field"), _text)
+        keys = OutputKeys(
+            field or default.field, error or default.error_field, score or default.score_field
+        )
+        if len({keys.field, keys.error_field, keys.score_field}) < len(OUTPUT_KEYS):
+            names = f"{keys.field!r}, {keys.error_field!r}, {keys.score_field!r}"
+            self.fail(("output",), f"field, error_field and score_field must differ: {names}")
         return keys
 
     def _eval(self, data: dict[str, Any]) -> EvalSpec | None:

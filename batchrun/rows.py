@@ -358,11 +358,16 @@ def _labelled(row: Row, record: Record | None, job: Job) -> dict[str, Any]:
         output = record.data.get("parsed", record.content)
     value[job.output.field] = output
     value[job.output.error_field] = error
+    if job.eval is not None:  # {scorer: 0 or 1}; a failed row's are all 0
+        value[job.output.score_field] = None if record is None else record.score
     return value
 
 
 def _csv_lines(rows: Iterator[dict[str, Any]], columns: list[str], job: Job) -> Iterator[bytes]:
-    added = [c for c in (job.output.field, job.output.error_field) if c not in columns]
+    keys: tuple[str, ...] = (job.output.field, job.output.error_field)
+    if job.eval is not None:
+        keys += (job.output.score_field,)
+    added = [c for c in keys if c not in columns]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, [*columns, *added], extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

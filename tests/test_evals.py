@@ -317,6 +317,10 @@ def test_the_nightly_example_runs_offline_and_reports_its_scores(tmp_path: Path)
     rows = read_jsonl(REPO / "jobs" / "data" / "nightly-eval.jsonl")
     assert set(section["scorers"]["normalized"]["slices"]) == {r["topic"] for r in rows}
     assert "score normalized" in result.stderr
+    labelled = read_jsonl(out / "rows.jsonl")  # the rows back, each with its scores
+    assert [r["qid"] for r in labelled] == [r["qid"] for r in rows]
+    records = read_jsonl(out / "results.jsonl")
+    assert [r["score"] for r in labelled] == [r["score"] for r in records]
     strict = CliRunner().invoke(
         main, ["run", str(job), "--mock", "-o", str(out), "--fail-under", "0.99"], env=ENV
     )
