@@ -326,3 +326,34 @@ def test_the_nightly_example_runs_offline_and_reports_its_scores(tmp_path: Path)
     )
     assert strict.exit_code == EXIT_BELOW_BAR
     assert "below bar" in strict.stderr
+
+
+def test_json_field_regex_and_choice_scorers_through_a_structured_run(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    """json_field reads the record's `parsed` (response_format json_object), a reply that
+    is not JSON is a schema_violation (failed: 0); regex and choice read the content."""
+    rows = [
+        row("p", "t", "B", {"reply": {"label": "B", "why": "(B) fits"}}),  # j r c
+        row("q", "t", "C", {"reply": {"label": "c"}}),  # nothing: case matters to all three
+        row("r", "t", "A", {"reply": {"label": ["A"]}}),  # nothing: a list is not "A"
+        row("s", "t", "D", {"reply": "Answer: D", "times": 9}),  # not JSON: failed
+    ]
+    text = job_text(scorers=["json_field:label", 'regex:"label": ?"[A-D]"', "choice"])
+    text = text.replace(
+        'model = "mistral-small-latest"',
+        'model = "mistral-small-latest"\nresponse_format = { type = "json_object" }',
+    ).replace("max_attempts = 1", "max_attempts = 1\nschema_retries = 0")
+    out = tmp_path / "out"
+    result = run(write_job(tmp_path, text, rows=rows), mock_server(), out, "-q")
+    assert result.exit_code == 2, result.output
+    records = {r["custom_id"]: r for r in read_jsonl(out / "results.jsonl")}
+    assert records["p"]["parsed"] == {"label": "B", "why": "(B) fits"}
+    assert records["s"]["error"]["type"] == "schema_violation"
+    names = ["json_field:label", 'regex:"label": ?"[A-D]"', "choice"]
+    assert {k: [r["score"][n] for n in names] for k, r in records.items()} == {
+        "p": [1, 1, 1],
+        "q": [0, 0, 0],
+        "r": [0, 0, 0],
+        "s": [0, 0, 0],
+    }
