@@ -29,7 +29,21 @@ import orjson
 PYTHON = sys.executable
 SLICES = ("arithmetic", "geography", "history", "science", "spelling")
 SCORERS = ("exact", "numeric:0.5")
-WORDS = "the answer to this question follows from the facts given in the prompt".split()
+WORDS = [
+    "the",
+    "answer",
+    "to",
+    "this",
+    "question",
+    "follows",
+    "from",
+    "the",
+    "facts",
+    "given",
+    "in",
+    "the",
+    "prompt",
+]
 
 
 def record(i: int, run: str) -> dict[str, object]:
@@ -101,22 +115,24 @@ def write_runs(work: Path, lines: int) -> None:
             raise RuntimeError(f"writing a run failed: exit {child.exitcode}")
 
 
-def bare_parse(outdirs: list[Path]) -> float:
-    started = time.perf_counter()
+def bare_parse(outdirs: list[Path]) -> tuple[float, float]:
+    """Wall and CPU seconds of decoding every line of both results.jsonl."""
+    started, cpu = time.perf_counter(), time.process_time()
     for outdir in outdirs:
         with (outdir / "results.jsonl").open("rb") as stream:
             for line in stream:
                 orjson.loads(line)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
-def timed_diff(args: list[str]) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS in MB and exit code of one `batchrun diff` child."""
+def timed_diff(args: list[str]) -> tuple[float, float, float, int]:
+    """Wall and CPU seconds, peak RSS in MB and exit code of one `batchrun diff` child."""
     started = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
-    return wall, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
 
 
 def main() -> None:
@@ -132,27 +148,29 @@ def main() -> None:
         print(f"two runs of {options.lines} lines, {size:.0f} MB of results.jsonl")
         command = [PYTHON, "-m", "batchrun", "diff", *map(str, outdirs), "--fail-on-regression"]
         variants = {"tables": command, "--json": [*command, "--json"]}
-        baselines: list[float] = []
-        walls: dict[str, list[float]] = {name: [] for name in variants}
-        peaks: dict[str, list[float]] = {name: [] for name in variants}
+        baselines: list[tuple[float, float]] = []
+        diffs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
         for round_ in range(options.rounds):
             for name, args in variants.items():
-                baselines.append(bare_parse(outdirs))
-                wall, peak, code = timed_diff(args)
-                walls[name].append(wall)
-                peaks[name].append(peak)
+                base_wall, base_cpu = bare_parse(outdirs)
+                baselines.append((base_wall, base_cpu))
+                wall, cpu, peak, code = timed_diff(args)
+                diffs[name].append((wall, cpu, peak))
                 print(
-                    f"round {round_ + 1} {name:7}: baseline {baselines[-1]:.2f} s, "
-                    f"diff {wall:.2f} s ({wall / baselines[-1]:.2f}x), "
-                    f"peak {peak:.0f} MB, exit {code}"
+                    f"round {round_ + 1} {name:7}: baseline {base_wall:.2f} s "
+                    f"(CPU {base_cpu:.2f} s), diff {wall:.2f} s ({wall / base_wall:.2f}x; "
+                    f"CPU {cpu:.2f} s, {cpu / base_cpu:.2f}x), peak {peak:.0f} MB, exit {code}"
                 )
-        baseline = statistics.median(baselines)
-        print(f"bare orjson parse of both: median {baseline:.2f} s")
-        for name in variants:
-            wall = statistics.median(walls[name])
+        base_wall = statistics.median(wall for wall, _ in baselines)
+        base_cpu = statistics.median(cpu for _, cpu in baselines)
+        print(f"bare orjson parse of both: median {base_wall:.2f} s (CPU {base_cpu:.2f} s)")
+        for name, found in diffs.items():
+            wall = statistics.median(w for w, _, _ in found)
+            cpu = statistics.median(c for _, c, _ in found)
             print(
-                f"batchrun diff {name:7}: median {wall:.2f} s = {wall / baseline:.2f}x, "
-                f"peak RSS {max(peaks[name]):.0f} MB (target: <= 3x, < 300 MB)"
+                f"batchrun diff {name:7}: median {wall:.2f} s = {wall / base_wall:.2f}x "
+                f"(CPU {cpu:.2f} s = {cpu / base_cpu:.2f}x), peak RSS "
+                f"{max(p for _, _, p in found):.0f} MB (target: <= 3x, < 300 MB)"
             )
 
 
