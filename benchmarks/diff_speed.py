@@ -9,7 +9,8 @@ baseline (every line of both results.jsonl through `orjson.loads`, in this proce
 then `batchrun diff A B --fail-on-regression` as a subprocess, tables and `--json` in
 turn, interleaved so load on the shared machine hits both alike; the child's peak RSS
 comes from wait4. Target (issue 10): the median diff within 3x the median baseline,
-under 300 MB.
+under 300 MB. The start-up alone (`batchrun diff --help`) is printed too: interpreter
+and imports, a fixed part of every diff the in-process baseline does not pay.
 """
 
 from __future__ import annotations
@@ -149,6 +150,9 @@ def main() -> None:
         command = [PYTHON, "-m", "batchrun", "diff", *map(str, outdirs), "--fail-on-regression"]
         variants = {"tables": command, "--json": [*command, "--json"]}
         baselines: list[tuple[float, float]] = []
+        # The interpreter and batchrun's imports alone: the fixed part of every diff.
+        startup = [timed_diff([PYTHON, "-m", "batchrun", "diff", "--help"])[1] for _ in range(3)]
+        print(f"start-up alone (diff --help): CPU {statistics.median(startup):.2f} s")
         diffs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
         for round_ in range(options.rounds):
             for name, args in variants.items():
