@@ -145,7 +145,7 @@ def diff_runs(a: Path, b: Path, prices: PriceTable | None = None) -> RunDiff:
         {"key": key, "a": _output(paths_a, where_a), "b": _output(paths_b, where_b)}
         for key, where_a, where_b in changes.changed_first
     ]
-    scores = _score_diff(paths_a, paths_b, figures_a, figures_b, changes.flips)
+    scores = _score_diff((paths_a, paths_b), (figures_a, figures_b), marks, changes.flips)
     joined_by = "custom_id" if by_id else "index"
     prices = prices or PriceTable.bundled()
     return RunDiff(a, b, joined_by, changes, figures_a, figures_b, scores, prices)
@@ -267,15 +267,15 @@ def _compare(changes: Changes, key: Key, a: Line, b: Line) -> None:
 
 
 def _score_diff(
-    paths_a: Paths,
-    paths_b: Paths,
-    figures_a: RunFigures,
-    figures_b: RunFigures,
+    paths: tuple[Paths, Paths],
+    figures: tuple[RunFigures, RunFigures],
+    marks: ScoreMarks,
     flips: FlipCounter,
 ) -> ScoreDiff:
     """Both runs' scores, with the first flipped lines of each scorer both have."""
-    a = run_scores(figures_a, _summary_scorers(paths_a))
-    b = run_scores(figures_b, _summary_scorers(paths_b))
+    paths_a, paths_b = paths
+    a = run_scores(figures[0], marks, _summary_scorers(paths_a))
+    b = run_scores(figures[1], marks, _summary_scorers(paths_b))
     examples = {}
     for name in common_scorers(a, b):
         for direction in ("pass_to_fail", "fail_to_pass"):

@@ -40,6 +40,7 @@ Line = tuple[str | None, int | None, bool, str | None, int | None, frozenset[str
 Combo = tuple[tuple[str, object], ...]  # a record's `score`, as hashable items
 
 NO_PASS: frozenset[str] = frozenset()
+NO_SCORE = b""  # a record without a `score` object, as a tally's key
 _USAGE = operator.itemgetter("prompt_tokens", "completion_tokens", "total_tokens")
 _NO_OBJECT: dict[str, Any] = {}
 
@@ -74,14 +75,15 @@ class RunFigures:
     cached_tokens: dict[str, list[int]] = field(default_factory=dict)
     cached: int = 0
     latencies_ms: list[float] = field(default_factory=list)
-    # (slice, score combo, ok) -> lines, in first-seen order
-    scores: dict[tuple[str | None, Combo | None, bool], int] = field(default_factory=dict)
+    # (slice, the record's `score` as JSON (ScoreMarks) or NO_SCORE, ok) -> lines
+    scores: dict[tuple[str | None, bytes, bool], int] = field(default_factory=dict)
 
-    def scorer_names(self) -> list[str]:
+    def scorer_names(self, marks: ScoreMarks) -> list[str]:
         """Every scorer named in a record's `score`, in first-seen order."""
         names: dict[str, None] = {}
-        for _, combo, _ in self.scores:
-            names.update(dict.fromkeys(name for name, _ in combo or ()))
+        for _, key, _ in self.scores:
+            if key != NO_SCORE:
+                names.update(dict.fromkeys(name for name, _ in marks.known[key][0]))
         return list(names)
 
     def totals(self) -> Totals:
@@ -139,12 +141,11 @@ def read_lines(paths: Paths, figures: RunFigures, marks: ScoreMarks) -> Iterator
                 slice_ = None
             ok = data.get("status") == "ok"
             score = data.get("score")
-            combo: Combo | None = None
-            passed = NO_PASS
+            score_key, passed = NO_SCORE, NO_PASS
             if type(score) is dict:
-                score_key = dumps(score)
+                score_key = dumps(score)  # its hash, once made here, is kept by the bytes
                 entry = known.get(score_key)
-                combo, passed = entry if entry is not None else marks.add(score, score_key)
+                passed = (entry if entry is not None else marks.add(score, score_key))[1]
             if ok:
                 figures.ok += 1
                 try:  # the usual shape in one go; a subscript of any other shape raises
@@ -195,7 +196,7 @@ def read_lines(paths: Paths, figures: RunFigures, marks: ScoreMarks) -> Iterator
                 if type(error_type) is not str:
                     error_type = None
                 digest, passed = None, NO_PASS  # a failed request is unscored: it passes none
-            key = (slice_, combo, ok)
+            key = (slice_, score_key, ok)
             tally[key] = tally.get(key, 0) + 1
             yield (custom_id, index, ok, error_type, digest, passed, slice_, where)
         if not in_journal:

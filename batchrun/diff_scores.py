@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from .diff_read import Key, Line, RunFigures
+from .diff_read import NO_SCORE, Key, Line, RunFigures, ScoreMarks
 from .errors import ConfigError
 from .scoreboard import EvalResult, Score, ScoreBoard, ScorerResult
 
@@ -40,18 +40,20 @@ __all__ = [
 EXAMPLES = 5  # lines shown per scorer and direction
 
 
-def run_scores(figures: RunFigures, summary_names: Sequence[str] = ()) -> EvalResult | None:
+def run_scores(
+    figures: RunFigures, marks: ScoreMarks, summary_names: Sequence[str] = ()
+) -> EvalResult | None:
     """The run's scores from its records' tallies; None when nothing names a scorer.
     `summary_names` (from summary.json) adds scorers no record shows yet (a run killed
     before its first line)."""
-    names = figures.scorer_names()
+    names = figures.scorer_names(marks)
     names += [name for name in summary_names if name not in names]
     if not names:
         return None
     board = ScoreBoard(names)
-    for (slice_value, combo, ok), lines in figures.scores.items():
+    for (slice_value, key, ok), lines in figures.scores.items():
         # A failed request is unscored, whatever its record says (every scorer at 0).
-        scores = dict(combo) if ok and combo is not None else None
+        scores = dict(marks.known[key][0]) if ok and key != NO_SCORE else None
         board.add(scores, slice_value, times=lines)
     return board.result()
 

@@ -103,7 +103,7 @@ def test_the_fold_gives_what_totals_and_the_score_board_give(records: list[Any])
     shown = figures.to_json("x", PriceTable.bundled())
     expected_figures, expected_scores = reference(records)
     assert {k: shown[k] for k in expected_figures} == expected_figures
-    scores = run_scores(figures)
+    scores = run_scores(figures, marks)
     assert (None if scores is None else scores.to_json()) == expected_scores
     parsed = [r for r in map(Record.from_value, records) if r is not None]
     assert [line[:3] for line in lines] == [
