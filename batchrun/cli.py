@@ -65,6 +65,7 @@ RESUME_FLAGS = (
     ("allow_insecure_http", "--allow-insecure-http"),
     ("prices_file", "--prices"),  # not needed to resume, but the costs would change
     ("output_format", "--output-format"),  # else the resumed run stops writing it
+    ("fail_under", "--fail-under"),  # else the resumed run judges by another bar
 )
 
 
@@ -162,6 +163,13 @@ def main() -> None:
     help="Stop before this OUTDIR's cost (all sessions, lines in flight estimated from "
     "their prompt and max_tokens) passes USD; exit 3, rerun with a higher limit to resume. "
     "Every model must have a price (--prices).",
+)
+@click.option(
+    "--fail-under",
+    type=click.FloatRange(0, 1),
+    metavar="SCORE",
+    help="An eval job (with [eval]): exit 4 when a scorer's overall score is below SCORE "
+    "(0 to 1; at the bar passes), after writing everything. Overrides the job's fail_under.",
 )
 @click.option(
     "--max-rate-limit-wait",
@@ -347,6 +355,7 @@ def run(
     prices_file: Path | None,
     max_cost: float | None,
     cache_dir: str | None,
+    fail_under: float | None,
 ) -> None:
     """Send every line of INPUT and write results.jsonl, errors.jsonl, summary.json.
 
@@ -416,6 +425,7 @@ def run(
                 output_format=output_format,
                 cache_dir=_cache_dir(cache_dir),
                 cache_server=MOCK_CACHE_SERVER if mock_url else None,
+                fail_under=fail_under,
             )
 
         build = config

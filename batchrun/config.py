@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .errors import ConfigError
+from .scoreboard import FailUnder
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -190,6 +191,8 @@ class RunConfig:
     # The server as cache keys name it (None: `endpoint`). The built-in mock gets a fixed
     # name: it answers the same on any port, and --mock picks a new port every run.
     cache_server: str | None = None
+    # --fail-under: one bar for every scorer of an eval job, over the job's own.
+    fail_under: float | None = None
 
     def __post_init__(self) -> None:
         _check_positive("concurrency", self.concurrency)
@@ -205,6 +208,19 @@ class RunConfig:
                 f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, "
                 f"got {self.output_format!r}"
             )
+
+    def eval_bar(self) -> FailUnder | None:
+        """The bar an eval run's scores are judged against: --fail-under, else the job's
+        [eval] fail_under. ConfigError when --fail-under has no eval to judge."""
+        evaluation = None if self.job is None else self.job.eval
+        if self.fail_under is None:
+            return None if evaluation is None else evaluation.fail_under
+        if evaluation is None:
+            raise ConfigError(
+                "--fail-under judges eval scores: INPUT must be a job file with an [eval] "
+                "table (docs/jobs.md); nothing was sent"
+            )
+        return FailUnder.parse(self.fail_under, evaluation.names)
 
     @property
     def endpoint(self) -> str:

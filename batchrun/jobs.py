@@ -25,9 +25,16 @@ import orjson
 from .cache import default_cache_dir
 from .config import RunConfig, check_base_url, is_duration
 from .errors import ConfigError, InvalidInput
+from .evals import EVAL_KEYS, EvalSpec, EvalTableError, parse_eval
 from .prices import PriceTable
 from .rows import RowFormat, row_format, sample_rows
-from .templates import MessageTemplates, TemplateError, compile_messages
+from .templates import (
+    MessageTemplates,
+    TemplateError,
+    ValueTemplate,
+    compile_messages,
+    compile_value,
+)
 from .validate import FIELDS, validate_body
 
 __all__ = [
@@ -44,9 +51,9 @@ __all__ = [
 JOB_SUFFIX = ".toml"
 SAMPLE_ROWS = 100  # the rows a template's fields are checked against before sending
 MAX_LINE_BYTES = 10 * 1024 * 1024
-TOP_KEYS = ("input", "request", "messages", "run", "output", "prices")
+TOP_KEYS = ("input", "request", "messages", "run", "output", "prices", "eval")
 INPUT_KEYS = ("path", "id", "limit")
-OUTPUT_KEYS = ("field", "error_field")
+OUTPUT_KEYS = ("field", "error_field", "score_field")
 # Body fields a job may not set in [request]: each has its own place in the job.
 REQUEST_ELSEWHERE = {
     "messages": "write them as [[messages]] tables",
@@ -71,6 +78,7 @@ class OutputKeys:
 
     field: str = "output"
     error_field: str = "error"
+    score_field: str = "score"  # an eval job's per-row scores
 
 
 @dataclass(frozen=True, eq=False)  # identity: its tables are dicts, and RunConfig hashes it
@@ -84,9 +92,13 @@ class Job:
     run: Mapping[str, Any]  # checked [run] values by key (RUN_KEYS)
     output: OutputKeys
     prices: Mapping[str, Any] | None  # [prices], checked like a --prices file
-    # What decides what is sent and what comes back: [request], [[messages]], [input] id
-    # and [output]. Not the path, nor [run] (how fast, where to): a resume may change those.
+    # What decides what is sent and what comes back: [request], [[messages]], [input] id,
+    # [output] and what [eval] scores. Not the path, nor [run] (how fast, where to) nor
+    # the eval's bar: a resume may change those.
     sha256: str
+    eval: EvalSpec | None = None
+    # [request] metadata with {field} templates, filled per row (None: none to fill).
+    metadata: ValueTemplate | None = None
 
 
 def is_job(path: Path) -> bool:
@@ -307,6 +319,8 @@ class _Checker:
         run = self._run(self._table(data, "run"))
         output = self._output(self._table(data, "output"))
         prices = self._prices(data.get("prices"))
+        evaluation = self._eval(data)
+        metadata = self._metadata(request.get("metadata"))
         if job_input is None or messages is None:
             return None
         hashed = {
@@ -314,6 +328,8 @@ class _Checker:
             "messages": data.get("messages"),
             "id": job_input.id,
             "output": [output.field, output.error_field],
+            **({} if output.score_field == "score" else {"score_field": output.score_field}),
+            **({} if evaluation is None else {"eval": evaluation.identity()}),
         }
         digest = hashlib.sha256(orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)).hexdigest()
         return Job(
@@ -325,6 +341,8 @@ class _Checker:
             output,
             prices,
             digest,
+            evaluation,
+            metadata,
         )
 
     def _table(self, data: dict[str, Any], name: str, *, required: bool = False) -> dict[str, Any]:
@@ -416,10 +434,38 @@ class _Checker:
         default = OutputKeys()
         field = self._checked(("output", "field"), table.get("field"), _text)
         error = self._checked(("output", "error_field"), table.get("error_field"), _text)
-        keys = OutputKeys(field or default.field, error or default.error_field)
-        if keys.field == keys.error_field:
-            self.fail(("output",), f"field and error_field must differ, both are {keys.field!r}")
+        score = self._checked(("output", "score_field"), table.get("score_field"), _text)
+        keys = OutputKeys(
+            field or default.field, error or default.error_field, score or default.score_field
+        )
+        if len({keys.field, keys.error_field, keys.score_field}) < len(OUTPUT_KEYS):
+            names = f"{keys.field!r}, {keys.error_field!r}, {keys.score_field!r}"
+            self.fail(("output",), f"field, error_field and score_field must differ: {names}")
         return keys
+
+    def _eval(self, data: dict[str, Any]) -> EvalSpec | None:
+        if "eval" not in data:
+            return None
+        table = self._table(data, "eval")
+        if not isinstance(data["eval"], dict):
+            return None  # reported by _table
+        self._keys(table, "eval", EVAL_KEYS)
+        try:
+            return parse_eval(table)
+        except EvalTableError as exc:
+            self.fail(("eval", exc.key), exc.problem)
+            return None
+
+    def _metadata(self, value: Any) -> ValueTemplate | None:
+        """[request] metadata's strings are templates (to carry row values along)."""
+        if not isinstance(value, dict):
+            return None  # absent, or refused by the body validator with the rest
+        try:
+            template = compile_value(value, "metadata")
+        except TemplateError as exc:
+            self.fail(("request", *_key_of(exc.where)), f"column {exc.column}: {exc.reason}")
+            return None
+        return template if template.fields else None
 
     def _prices(self, value: Any) -> Mapping[str, Any] | None:
         if value is None:
@@ -461,7 +507,18 @@ class _Checker:
             if job.input.id is not None and not any(job.input.id in row for row in rows):
                 problem = _no_row_has(rows, job.input.id)
                 self.fail(("input", "id"), problem)
+            if job.metadata is not None:
+                for name in job.metadata.absent_fields(rows):
+                    key, line = self.lines.find_text(f"{{{name}}}")
+                    self.fail(key, f"{{{name}}}: {_no_row_has(rows, name)}", line=line)
+            if job.eval is not None:
+                self._eval_fields(job.eval, rows)
         self._body(job, rows)
+
+    def _eval_fields(self, spec: EvalSpec, rows: list[dict[str, Any]]) -> None:
+        for key, name in (("expected", spec.expected), ("slice", spec.slice)):
+            if name is not None and not any(name in row for row in rows):
+                self.fail(("eval", key), _no_row_has(rows, name))
 
     def _body(self, job: Job, rows: list[dict[str, Any]]) -> None:
         messages: list[dict[str, Any]] = [{"role": "user", "content": "-"}]

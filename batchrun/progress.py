@@ -226,8 +226,50 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                     f"p50 {figures['p50']} ms · p90 {figures['p90']} ms · p99 {figures['p99']} ms",
                 )
             )
+    if evaluation := summary.get("eval"):
+        rows += _eval_rows(evaluation)
     rows.append(("this run", _session_line(session)))
     return rows
+
+
+MAX_SLICE_ROWS = 12  # per scorer; summary.json has them all
+
+
+def _eval_rows(evaluation: dict[str, Any]) -> list[tuple[str, str]]:
+    """Per scorer its score with interval, then its slices (the lowest first: that is
+    where a regression hides), then the verdict against the bar."""
+    rows = []
+    bars = evaluation["fail_under"] or {}
+    for name, figures in evaluation["scorers"].items():
+        bar = bars.get(name)
+        note = "" if bar is None else f" · bar {bar:g}"
+        rows.append((f"score {name}", score_text(figures) + note))
+        slices = sorted(figures["slices"].items(), key=lambda item: item[1]["score"] or 0.0)
+        for value, sliced in slices[:MAX_SLICE_ROWS]:
+            rows.append((f"  {evaluation['slice']}={value}", score_text(sliced)))
+        if len(slices) > MAX_SLICE_ROWS:
+            rows.append(("", f"  {len(slices) - MAX_SLICE_ROWS} more slices in summary.json"))
+    for shortfall in evaluation["below_bar"]:
+        rows.append(
+            (
+                "below bar",
+                f"{shortfall['scorer']} {shortfall['score']:.3f} < {shortfall['bar']:g} (exit 4)",
+            )
+        )
+    return rows
+
+
+def score_text(figures: dict[str, Any]) -> str:
+    """`0.800 (8/10, 95% CI 0.490-0.943) · 1 unscored`; `-` for no lines."""
+    if figures["score"] is None:
+        return "- (no lines)"
+    low, high = figures["ci95"]
+    text = (
+        f"{figures['score']:.3f} ({figures['passed']:,}/{figures['count']:,}, "
+        f"95% CI {low:.3f}-{high:.3f})"
+    )
+    failed = figures["unscored"]
+    return text + (f" · {failed:,} failed (scored 0)" if failed else "")
 
 
 def _cost_line(cost: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ from .records import BadLine, Request
 from .validate import validate_body
 
 if TYPE_CHECKING:
+    from .evals import Expectation
     from .structured import CheckerCache, OutputChecker
 
 __all__ = [
@@ -313,15 +314,18 @@ class LineParser:
         body: dict[str, Any],
         *,
         checker: OutputChecker | None,
+        expectation: Expectation | None = None,
     ) -> Request:
         """The request of a validated, completed `body` sent as `payload`."""
         stream = body.get("stream") is True
         model = body["model"]  # validated: a non-empty string
-        if not self.estimate:
-            return Request(index, line, custom_id, payload, stream, 0, model, 0, checker)
-        completion = max_completion_tokens(body)
-        tokens = estimate_prompt_tokens(body) + completion
-        return Request(index, line, custom_id, payload, stream, tokens, model, completion, checker)
+        tokens = completion = 0
+        if self.estimate:
+            completion = max_completion_tokens(body)
+            tokens = estimate_prompt_tokens(body) + completion
+        return Request(
+            index, line, custom_id, payload, stream, tokens, model, completion, checker, expectation
+        )
 
     def _checker(self, body: dict[str, Any]) -> OutputChecker | None:
         """The checker of the body's response_format, compiled once per distinct format;

@@ -17,6 +17,7 @@ import orjson
 from .errors import InvalidInput, RequestFailed
 
 if TYPE_CHECKING:  # structured.py loads jsonschema; a plain run never needs it
+    from .evals import Expectation
     from .structured import OutputChecker
 
 Status = Literal["ok", "error"]
@@ -28,6 +29,7 @@ __all__ = [
     "Request",
     "error_record",
     "ok_record",
+    "reply_content",
     "usage_count",
 ]
 
@@ -51,6 +53,8 @@ class Request:
     max_completion: int = 0  # the completion tokens `tokens` counts (0 when not estimated)
     # The body's response_format as a checker of the reply (None: nothing to check).
     checker: OutputChecker | None = None
+    # An eval job's expected answer and slice for this line (None: not an eval).
+    expectation: Expectation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,7 @@ class BadLine:
     line: int
     custom_id: str | None
     error: InvalidInput
+    expectation: Expectation | None = None  # when the row's eval side could be read
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,11 @@ def ok_record(
         record["cached"] = True
     if throttled:
         record["throttled"] = throttled
+    expectation = request.expectation
+    if expectation is not None:
+        record["score"] = expectation.score(reply_content(response), parsed)
+        if expectation.slice is not None:
+            record["slice"] = expectation.slice
     return Completed(request.index, orjson.dumps(record), failed=False)
 
 
@@ -140,7 +150,25 @@ def error_record(
         record["discarded_usage"] = discarded_usage
     if throttled:
         record["throttled"] = throttled
+    expectation = line.expectation
+    if expectation is not None:
+        record["score"] = expectation.zeros()
+        if expectation.slice is not None:
+            record["slice"] = expectation.slice
     return Completed(line.index, orjson.dumps(record), failed=True)
+
+
+def reply_content(response: object) -> str | None:
+    """A reply's text: choice 0's message content, its `text` chunks joined when the
+    content is a list of chunks (reasoning models); None when there is none."""
+    choices = response.get("choices") if isinstance(response, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    value = message.get("content") if isinstance(message, dict) else None
+    if isinstance(value, list):
+        chunks = (c for c in value if isinstance(c, dict) and c.get("type") == "text")
+        return "".join(t for c in chunks if isinstance(t := c.get("text"), str))
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,16 +320,7 @@ class Record:
 
     @property
     def content(self) -> str | None:
-        """The reply's text: choice 0's message content, its `text` chunks joined when
-        the content is a list of chunks (reasoning models); None when there is none."""
-        choices = self._response().get("choices")
-        choice = choices[0] if isinstance(choices, list) and choices else None
-        message = choice.get("message") if isinstance(choice, dict) else None
-        value = message.get("content") if isinstance(message, dict) else None
-        if isinstance(value, list):
-            chunks = (c for c in value if isinstance(c, dict) and c.get("type") == "text")
-            return "".join(t for c in chunks if isinstance(t := c.get("text"), str))
-        return value if isinstance(value, str) else None
+        return reply_content(self.data.get("response"))
 
     @property
     def model(self) -> str | None:
@@ -329,10 +348,6 @@ class Record:
     def _error(self) -> dict[str, Any]:
         error = self.data.get("error")
         return error if isinstance(error, dict) else _NO_OBJECT
-
-    def _response(self) -> dict[str, Any]:
-        response = self.data.get("response")
-        return response if isinstance(response, dict) else _NO_OBJECT
 
     def _usage(self) -> dict[str, Any]:
         response = self.data.get("response")

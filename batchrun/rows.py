@@ -232,22 +232,40 @@ class RowParser(LineParser):
         self._id = job.input.id
         self._fields = dict(job.request)  # the [request] body fields
         self._messages = job.messages
+        self._metadata = job.metadata
+        self._eval = job.eval
 
     def parse_row(self, row: Row, index: int) -> Request | BadLine:
         custom_id = str(row.line) if self._id is None else None
+        expectation = None
         try:
             if self._id is not None:
                 # A CSV row with extra values still says whose it is.
                 custom_id = row_id(row.value if row.value is not None else row.read(), self._id)
             value = row.read()
+            if self._eval is not None:
+                expectation = self._eval.expectation(value)
+                self._eval.check(value)
             body = {**self._fields, "messages": self._messages.render(value)}
+            if self._metadata is not None:
+                body["metadata"] = self._metadata.render(value)
             self._complete(body)
             for warning in validate_body(body):
                 self._warn(warning, row.line)
             checker = self._checker(body)  # compiled once: every row shares the job's format
         except InvalidInput as exc:
-            return BadLine(index, row.line, custom_id, exc.at_line(row.line))
-        return self._request(index, row.line, custom_id, orjson.dumps(body), body, checker=checker)
+            if expectation is None and self._eval is not None:
+                expectation = self._eval.unreadable()
+            return BadLine(index, row.line, custom_id, exc.at_line(row.line), expectation)
+        return self._request(
+            index,
+            row.line,
+            custom_id,
+            orjson.dumps(body),
+            body,
+            checker=checker,
+            expectation=expectation,
+        )
 
 
 def make_parser(config: RunConfig, fmt: InputFormat, *, estimate: bool) -> LineParser:
@@ -340,11 +358,16 @@ def _labelled(row: Row, record: Record | None, job: Job) -> dict[str, Any]:
         output = record.data.get("parsed", record.content)
     value[job.output.field] = output
     value[job.output.error_field] = error
+    if job.eval is not None:  # {scorer: 0 or 1}; a failed row's are all 0
+        value[job.output.score_field] = None if record is None else record.score
     return value
 
 
 def _csv_lines(rows: Iterator[dict[str, Any]], columns: list[str], job: Job) -> Iterator[bytes]:
-    added = [c for c in (job.output.field, job.output.error_field) if c not in columns]
+    keys: tuple[str, ...] = (job.output.field, job.output.error_field)
+    if job.eval is not None:
+        keys += (job.output.score_field,)
+    added = [c for c in keys if c not in columns]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, [*columns, *added], extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -36,6 +36,7 @@ from .records import BadLine, Completed, Request, error_record
 from .results import ResultWriter
 from .retry import RetryPolicy
 from .rows import iter_lines, make_parser, write_rows
+from .scoreboard import FailUnder
 from .shutdown import Shutdown
 from .stops import GuardRules, Stop, StopKind, StopRules
 from .summary import (
@@ -70,6 +71,7 @@ async def run_batch(
     that yields fewer lines during the run than when it was scanned (cut short or
     replaced under us) raises `InputError` (exit 1) once the lines read are written."""
     key = api_key_for(config, api_key)
+    bar = config.eval_bar()
     prices = load_prices(config.prices_file, config.price_overrides)
     # Opened (created) before OUTDIR is touched: an unusable cache is a config error.
     cache = None
@@ -82,7 +84,7 @@ async def run_batch(
         async with ChatClient(
             config.endpoint, key, concurrency=config.concurrency, timeouts=config.timeouts
         ) as client:
-            run = _Run(config, scan, state, client, prices, cache=cache)
+            run = _Run(config, scan, state, client, prices, cache=cache, bar=bar)
             return await run.execute(console, show_progress, secret=key)
     finally:
         lock.release()
@@ -101,10 +103,12 @@ class _Run:
         prices: PriceTable,
         *,
         cache: RunCache | None = None,
+        bar: FailUnder | None = None,
     ) -> None:
         self.config = config
         self.prices = prices
         self.cache = cache
+        self.bar = bar  # an eval's fail_under, judged once every record is in
         self.scan = scan
         self.state = state
         self.client = client
@@ -386,11 +390,20 @@ class _Run:
         )
         manifest = orjson.loads(self.paths.manifest.read_bytes())
         # Lines done beyond a gap are in the journal only: they count all the same.
+        job = self.config.job
         summary = build_summary(
-            self.paths, manifest, session, self._extra(), self._pending_spans(), prices=self.prices
+            self.paths,
+            manifest,
+            session,
+            self._extra(),
+            self._pending_spans(),
+            prices=self.prices,
+            evaluation=None if job is None else job.eval,
+            bar=self.bar,
         )
         write_summary(self.paths, summary)
-        code = outcome.exit_code(summary["counts"]["failed"])
+        below_bar = bool(summary["eval"] and summary["eval"]["below_bar"])
+        code = outcome.exit_code(summary["counts"]["failed"], below_bar)
         return RunReport(code, summary, self.paths.outdir, tuple(self.state.repairs))
 
     def _cache_session(self) -> CacheSession | None:

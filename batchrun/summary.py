@@ -35,9 +35,11 @@ from typing import Any
 
 import orjson
 
+from .evals import EvalSpec, eval_section
 from .outdir import Paths, write_atomic
 from .prices import PriceTable, Tokens, actual_cost
 from .records import Record
+from .scoreboard import FailUnder, ScoreBoard
 
 __all__ = [
     "CacheSession",
@@ -78,6 +80,7 @@ class Totals:
     structured: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STRUCTURED_KEYS, 0))
     cached: int = 0  # ok records answered from the request cache
     cached_tokens_by_model: dict[str, Tokens] = field(default_factory=dict)
+    board: ScoreBoard | None = None  # an eval run's scores (a failed line is unscored)
 
     def add(self, record: Record | None) -> None:
         if record is None:
@@ -88,12 +91,15 @@ class Totals:
         schema_attempts = record.schema_attempts
         if schema_attempts is not None:
             self._add_structured(record, schema_attempts)
-        if record.status == "ok":
+        ok = record.status == "ok"
+        if ok:
             self._add_ok(record)
         else:
             self.failed += 1
             kind = record.error_type
             self.error_types[kind if kind is not None else "unknown"] += 1
+        if self.board is not None:
+            self.board.add(record.score if ok else None, record.slice)
 
     def _add_structured(self, record: Record, schema_attempts: int) -> None:
         """A line that asked for structured output: every reply after the first was a
@@ -201,10 +207,16 @@ def percentiles(values: list[float]) -> dict[str, float] | None:
     return result
 
 
-def read_totals(results: Path, journal: Path | None = None, spans: Iterable[Span] = ()) -> Totals:
+def read_totals(
+    results: Path,
+    journal: Path | None = None,
+    spans: Iterable[Span] = (),
+    board: ScoreBoard | None = None,
+) -> Totals:
     """Totals over results.jsonl plus the journal records at `spans`: lines done but not
-    yet in the ordered results (a run stopped with gaps below them) still count."""
-    totals = Totals()
+    yet in the ordered results (a run stopped with gaps below them) still count. `board`
+    adds up the records' eval scores."""
+    totals = Totals(board=board)
     if results.exists():
         with results.open("rb") as stream:
             for line in stream:
@@ -225,10 +237,15 @@ def build_summary(
     pending: Iterable[Span] = (),
     *,
     prices: PriceTable | None = None,
+    evaluation: EvalSpec | None = None,
+    bar: FailUnder | None = None,
 ) -> dict[str, Any]:
     """`pending`: journal spans of records done but not yet in results.jsonl.
-    `prices`: the table costs are computed with (the bundled one if None)."""
-    totals = read_totals(paths.results, paths.journal, pending)
+    `prices`: the table costs are computed with (the bundled one if None).
+    `evaluation`: an eval job's [eval], whose scores make the `eval` section, judged
+    against `bar`."""
+    board = None if evaluation is None else evaluation.board()
+    totals = read_totals(paths.results, paths.journal, pending, board)
     prices = prices or PriceTable.bundled()
     requests = int(manifest["requests"])
     done = totals.ok + totals.failed
@@ -270,8 +287,17 @@ def build_summary(
             **_session_rates(session),
         },
         "cache": _cache_section(totals, session.cache, prices),
+        "eval": _eval_section(evaluation, board, bar),
         **extra,
     }
+
+
+def _eval_section(
+    evaluation: EvalSpec | None, board: ScoreBoard | None, bar: FailUnder | None
+) -> dict[str, Any] | None:
+    if evaluation is None or board is None:
+        return None
+    return eval_section(evaluation, board, bar)
 
 
 def cost_section(totals: Totals, prices: PriceTable) -> dict[str, Any]:

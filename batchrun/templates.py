@@ -21,7 +21,15 @@ import orjson
 
 from .errors import ConfigError, InvalidInput
 
-__all__ = ["MessageTemplates", "Template", "TemplateError", "compile_messages", "compile_template"]
+__all__ = [
+    "MessageTemplates",
+    "Template",
+    "TemplateError",
+    "ValueTemplate",
+    "compile_messages",
+    "compile_template",
+    "compile_value",
+]
 
 # One token at a time: an escaped brace, a whole `{...}` field, or a brace left alone.
 _TOKENS = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -74,6 +82,19 @@ class Template:
             out.append(value if isinstance(value, str) else _json(value, field.name, self.where))
             out.append(literal)
         return "".join(out)
+
+    def value(self, row: Mapping[str, Any]) -> Any:
+        """A template that is one field and nothing else gives the row's value as it is
+        (any JSON: an object stays an object); any other renders as text."""
+        if self._head or len(self._steps) != 1 or self._steps[0][1]:
+            return self.render(row)
+        field = self._fields[0]
+        value = row.get(field.name, _MISSING)
+        if value is _MISSING and field.path:
+            value = _nested(row, field.path)
+        if value is _MISSING:
+            raise InvalidInput(f"missing from the row ({self.where} uses it)", field=field.name)
+        return value
 
     def absent_fields(self, rows: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
         """The fields none of `rows` has: a typo in the template, if the rows are a fair
@@ -142,6 +163,80 @@ def compile_messages(messages: Sequence[Mapping[str, Any]]) -> MessageTemplates:
             )
         compiled.append(tuple(items))
     return MessageTemplates(compiled)
+
+
+Path = tuple[str | int, ...]  # where a string sits inside a JSON value
+
+
+class ValueTemplate:
+    """A JSON value whose strings are templates (a job's `[request] metadata`): rendered
+    per row into a new value, its constant parts shared, its strings filled in. A string
+    that is one field and nothing else (`"{meta}"`) takes the row's value as it is."""
+
+    __slots__ = ("_strings", "_value")
+
+    def __init__(self, value: Any, strings: list[tuple[Path, Template]]):
+        self._value = value
+        self._strings = strings
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for _, t in self._strings for name in t.fields))
+
+    def render(self, row: Mapping[str, Any]) -> Any:
+        """The value for `row`; InvalidInput as `Template.render`."""
+        if not self._strings:
+            return self._value
+        value = orjson.loads(orjson.dumps(self._value))  # a fresh copy per row
+        for path, template in self._strings:
+            if not path:
+                return template.value(row)
+            *parents, last = path
+            holder = value
+            for key in parents:
+                holder = holder[key]
+            holder[last] = template.value(row)
+        return value
+
+    def absent_fields(self, rows: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+        sample = list(rows)
+        names = (name for _, t in self._strings for name in t.absent_fields(sample))
+        return tuple(dict.fromkeys(names))
+
+
+def compile_value(value: Any, where: str) -> ValueTemplate:
+    """Compile every string inside `value` (objects and arrays walked), named
+    `where.key[i]` in errors; a string without fields stays a constant."""
+    strings: list[tuple[Path, Template]] = []
+
+    def walk(item: Any, path: Path, name: str) -> None:
+        if isinstance(item, str):
+            template = compile_template(item, name)
+            if template.fields:
+                strings.append((path, template))
+        elif isinstance(item, Mapping):
+            for key, child in item.items():
+                walk(child, (*path, key), f"{name}.{key}")
+        elif isinstance(item, list):
+            for index, child in enumerate(item):
+                walk(child, (*path, index), f"{name}[{index}]")
+
+    walk(value, (), where)
+    # `{{` in a constant string means one brace, as in a template with fields.
+    constant = _constants(value)
+    return ValueTemplate(constant, strings)
+
+
+def _constants(value: Any) -> Any:
+    """`value` with every string rendered as a template without fields ({{ -> {)."""
+    if isinstance(value, str):
+        template = compile_template(value)
+        return value if template.fields else template.render({})
+    if isinstance(value, Mapping):
+        return {key: _constants(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return [_constants(child) for child in value]
+    return value
 
 
 def compile_template(source: str, where: str = "template") -> Template:

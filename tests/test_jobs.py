@@ -195,7 +195,8 @@ BROKEN: list[tuple[str, str, str]] = [
     (END, END + "[run]\nconcurency = 4\n", "job.toml:12: run.concurency: unknown key (did you"),
     (END, END + '[run]\nconcurrency = "8"\n', "job.toml:12: run.concurrency: must be an integer"),
     (END, END + '[run]\ndeadline = "2x"\n', "job.toml:12: run.deadline: must be a duration"),
-    (END, END + "[eval]\nbar = 1\n", "job.toml:11: eval: unknown key"),
+    (END, END + "[eval]\nbar = 1\n", "job.toml:12: eval.bar: unknown key"),
+    (END, END + "[evals]\n", "job.toml:11: evals: unknown key (did you mean eval?)"),
     (
         'model = "mistral-small-latest"',
         'model = "m"\nmessages = []',
@@ -211,7 +212,7 @@ BROKEN: list[tuple[str, str, str]] = [
     (
         END,
         END + '[output]\nfield = "x"\nerror_field = "x"\n',
-        "job.toml:11: output: field and error_field must differ",
+        "job.toml:11: output: field, error_field and score_field must differ",
     ),
     ("[input]", "[input\n", "not valid TOML"),
     ('path = "rows.jsonl"\nid = "id"', "", "job.toml:1: input: missing key path"),
