@@ -100,13 +100,19 @@ def _text(value: object) -> str | None:
 
 
 def eval_table(section: Mapping[str, Any]) -> Table:
-    """Per scorer its overall score, then each slice's, with interval, counts and bar."""
+    """Per scorer its overall score, then each slice's, with interval, passed/count,
+    unscored and bar (`scored` is left out: it is count - unscored)."""
     by = f" by {section['slice']}" if section["slice"] else ""
-    table = Table(title=Text(f"eval scores{by} (from the records)"))
-    table.add_column("scorer")
-    table.add_column("slice")
-    for heading in ("score", "95 % CI", "passed / count", "scored", "unscored", "bar"):
-        table.add_column(heading, justify="right")
+    table = Table(
+        title=Text(f"eval scores{by} (from the records)"),
+        caption="* under its bar (a scorer's whole score under it makes `run` exit 4)"
+        if section["fail_under"]
+        else None,
+    )
+    table.add_column("scorer", overflow="fold")
+    table.add_column("slice", overflow="fold")
+    for heading in ("score", "95 % CI", "passed", "unscored", "bar"):
+        table.add_column(heading, justify="right", no_wrap=True)
     for name, entry in section["scorers"].items():
         table.add_row(Text(name), "(all)", *_cells(entry), style="bold")
         for value, score in entry["slices"].items():
@@ -116,12 +122,11 @@ def eval_table(section: Mapping[str, Any]) -> Table:
 
 def _cells(entry: Mapping[str, Any]) -> tuple[str, ...]:
     score, (low, high), bar = entry["score"], entry["ci95"], entry["bar"]
-    shown_bar = "" if bar is None else f"{bar:g}" + (" BELOW" if entry["below_bar"] else "")
+    shown_bar = "" if bar is None else f"{bar:g}" + ("*" if entry["below_bar"] else "")
     return (
         "-" if score is None else f"{score:.3f}",
-        f"{low:.3f}-{high:.3f}",
-        f"{entry['passed']} / {entry['count']}",
-        str(entry["scored"]),
+        f"{low:.2f}-{high:.2f}",
+        f"{entry['passed']}/{entry['count']}",
         str(entry["unscored"]),
         shown_bar,
     )
