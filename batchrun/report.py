@@ -11,10 +11,9 @@ first FAILED_LINES failed lines are kept whole (for the HTML page's table).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 from rich.console import Console
@@ -165,16 +164,18 @@ class _Reading:
         except FileNotFoundError:
             return 0
         with stream:
-            for line in _complete_lines(stream):
-                self._add(Record.parse(line))
-                count += 1
+            for line in stream:
+                if line.endswith(b"\n"):  # else torn by a kill, or still being written
+                    self._add(Record.parse(line))
+                    count += 1
         return count
 
     def add_journal(self, path: Path, *, after: int) -> None:
         """Journal records of indices from `after` on: done, not yet in results.jsonl. A
         line journaled twice (sent again on resume) counts as its latest record. Only
-        their offsets are kept, and only their lines decoded: when the run is finished,
-        every journal line is in results.jsonl already."""
+        their offsets are kept, and only their lines decoded."""
+        if after >= self.requests:
+            return  # every line is in results.jsonl: the journal holds nothing else
         try:
             stream = path.open("rb")
         except FileNotFoundError:
@@ -182,7 +183,9 @@ class _Reading:
         with stream:
             latest: dict[int, int] = {}
             offset = 0
-            for line in _complete_lines(stream):
+            for line in stream:
+                if not line.endswith(b"\n"):
+                    break  # the last line: torn by a kill, or still being written
                 index = _index_of(line)
                 if index is None:
                     self.unreadable += 1
@@ -198,8 +201,8 @@ class _Reading:
             self.unreadable += 1
             return
         self.totals.add(record)
-        self.eval.add(record)
         failed = record.status != "ok"
+        self.eval.add(record, failed)
         self.timeline.add(record.finished_at, failed, record.throttled)
         if failed:
             self._add_failed(record)
@@ -219,13 +222,6 @@ class _Reading:
                     "message": message[:MESSAGE_CHARS],
                 }
             )
-
-
-def _complete_lines(stream: BinaryIO) -> Iterator[bytes]:
-    """Lines ending in a newline: the last one may be torn, or still being written."""
-    for line in stream:
-        if line.endswith(b"\n"):
-            yield line
 
 
 def _index_of(raw: bytes) -> int | None:

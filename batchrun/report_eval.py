@@ -22,49 +22,50 @@ __all__ = ["EvalTally", "eval_table"]
 
 
 class EvalTally:
-    """One `ScoreBoard` per scorer, fed record by record. A scorer first seen after some
-    lines starts with those lines unscored, as `ScoreBoard.add` counts a missing mark."""
+    """Lines counted by what decides their scores: (slice, failed, marks as stored). An
+    eval run has few such kinds (slices x scorer outcomes), so a line costs one counter
+    increment; the boards are built from the kinds once, at the end. Scorers missing
+    from a line's marks (one first seen later) are unscored for it, as ScoreBoard reads."""
 
     def __init__(self, summary_eval: Mapping[str, Any] | None) -> None:
         self._summary = summary_eval or {}
-        self._boards: dict[str, ScoreBoard] = {}
-        self._lines: Counter[str | None] = Counter()  # lines so far, by slice value
+        self._kinds: Counter[tuple[str | None, bool, tuple[tuple[str, Any], ...] | None]]
+        self._kinds = Counter()
+
+    def add(self, record: Record, failed: bool) -> None:
+        scores = record.score
+        marks = tuple(scores.items()) if scores is not None else None
+        try:
+            self._kinds[record.slice, failed, marks] += 1
+        except TypeError:  # a mark no number could be (a list): unscored, like any such
+            assert marks is not None
+            self._kinds[record.slice, failed, tuple((k, _hashable(v)) for k, v in marks)] += 1
+
+    def _names(self) -> list[str]:
+        """The summary's scorers, then those of the records in first-seen order."""
         scorers = self._summary.get("scorers")
-        for name in scorers if isinstance(scorers, dict) else ():
-            if isinstance(name, str):
-                self._boards[name] = ScoreBoard([name])
-
-    def add(self, record: Record) -> None:
-        scores, slice_value = record.score, record.slice
-        if scores is not None:
-            for name in scores:
-                if name not in self._boards:
-                    self._start(name)
-        # A failed line is unscored whatever it holds (its marks are 0 by contract); a
-        # record with no valid status is failed, as summary.Totals counts it.
-        marks = scores if record.status == "ok" else None
-        for board in self._boards.values():
-            board.add(marks, slice_value)
-        self._lines[slice_value] += 1
-
-    def _start(self, name: str) -> None:
-        board = self._boards[name] = ScoreBoard([name])
-        for slice_value, lines in self._lines.items():
-            for _ in range(lines):
-                board.add(None, slice_value)
+        known = scorers if isinstance(scorers, dict) else ()
+        names = dict.fromkeys(name for name in known if isinstance(name, str))
+        for _, _, marks in self._kinds:
+            names.update(dict.fromkeys(name for name, _ in marks or ()))
+        return list(names)
 
     def section(self) -> dict[str, Any] | None:
         """The report's `eval`: summary.json's shape, figures from the records, each score
         with its `bar` and `below_bar`; `below_bar` lists the overall scores under their bar
         (what makes `run` exit 4); a slice's own `below_bar` is for reading only."""
-        if not self._boards:
+        names = self._names()
+        if not names:
             return None
+        board = ScoreBoard(names)
+        for (slice_value, failed, marks), lines in self._kinds.items():
+            # A failed line is unscored whatever it holds (its marks are 0 by contract).
+            board.add(None if failed or marks is None else dict(marks), slice_value, lines)
         bars = _bars(self._summary.get("fail_under"))
         scorers: dict[str, Any] = {}
         below: list[dict[str, Any]] = []
-        for name, board in self._boards.items():
-            (result,) = board.result().scorers
-            bar = bars.get(name)
+        for result in board.result().scorers:
+            name, bar = result.scorer, bars.get(result.scorer)
             slices = {value: _score(score, bar) for value, score in result.slices}
             scorers[name] = {**_score(result.overall, bar), "slices": slices}
             if scorers[name]["below_bar"]:
@@ -77,6 +78,10 @@ class EvalTally:
             "fail_under": bars or None,
             "below_bar": below,
         }
+
+
+def _hashable(value: object) -> object:
+    return value if value is None or isinstance(value, int | float | str) else None
 
 
 def _score(score: Score, bar: float | None) -> dict[str, Any]:
