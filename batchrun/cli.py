@@ -48,7 +48,6 @@ from .prices import load_prices
 from .progress import render_summary, stderr_console
 from .reader import STDIN
 from .report import read_report, render_report
-from .runner import run_batch
 
 __all__ = ["main"]
 
@@ -485,6 +484,9 @@ def _run_or_exit(
 ) -> RunReport:
     """Build the config and run it; a BatchrunError from either ends the program with
     its class's exit code and one line, never a traceback."""
+    # Loaded here: the runner brings aiohttp, which report, diff and validate never need.
+    from .runner import run_batch  # noqa: PLC0415
+
     try:
         config = build()
         return anyio.run(
