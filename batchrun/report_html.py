@@ -17,6 +17,7 @@ Every string read from OUTDIR is untrusted (a reply, an error message, a custom_
 from __future__ import annotations
 
 import html
+import math
 import os
 import secrets
 import tempfile
@@ -175,10 +176,11 @@ def _latency_chart(latencies: Sequence[float]) -> Figure | None:
     if not latencies:
         return None
     low, high = min(latencies), max(latencies)
-    bins = HISTOGRAM_BINS if high > low else 1
-    width = (high - low) / bins or 1.0
-    counts = [0] * bins
-    for value in latencies:
+    # One bin when all are equal, or when the span overflows (stored figures are untrusted).
+    bins = HISTOGRAM_BINS if low < high and math.isfinite(high - low) else 1
+    width = (high - low) / bins if bins > 1 else 1.0
+    counts = [0] * bins if bins > 1 else [len(latencies)]
+    for value in latencies if bins > 1 else ():
         counts[min(bins - 1, int((value - low) / width))] += 1
     centres = [round(low + (i + 0.5) * width, 2) for i in range(bins)]
     bar = {"type": "bar", "x": centres, "y": counts, "width": width, "name": "requests"}

@@ -8,12 +8,12 @@ memory never grows with the number of lines.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 __all__ = ["MAX_BUCKETS", "Timeline"]
 
 MAX_BUCKETS = 1024
+LATEST = 2.0**33  # seconds since the epoch: the year 2242
 
 
 class Timeline:
@@ -22,11 +22,11 @@ class Timeline:
         self._buckets: dict[int, list[int]] = {}  # bucket -> [ok, failed, throttled]
         self._first: int | None = None
         self._last = 0
-        self.untimed = 0  # records with no `finished_at` (written before it existed)
+        self.untimed = 0  # records with no usable `finished_at` (older, or edited)
 
     def add(self, finished_at: float | None, failed: bool, throttled: int) -> None:
-        if finished_at is None or not 0 <= finished_at < math.inf:  # nan too
-            self.untimed += 1
+        if finished_at is None or not 0 <= finished_at < LATEST:  # nan too
+            self.untimed += 1  # a stored time is untrusted: none past LATEST is real
             return
         key = int(finished_at) // self.width
         counts = self._buckets.get(key)
