@@ -199,19 +199,9 @@ def _timeline_chart(timeline: Mapping[str, Any] | None) -> Figure | None:
         {"type": "bar", "x": times, "y": timeline["ok"], "name": "ok"},
         {"type": "bar", "x": times, "y": timeline["failed"], "name": "failed"},
         {"type": "scatter", "mode": "lines", "x": times, "y": timeline["throttled"]}
-        | {"name": "429s waited out", "yaxis": "y2"},
+        | {"name": "429s waited out"},
     ]
-    layout = _layout(
-        "finished at (UTC)",
-        f"lines completed per {width} s",
-        barmode="stack",
-        yaxis2={
-            "title": {"text": "429s"},
-            "overlaying": "y",
-            "side": "right",
-            "rangemode": "tozero",
-        },
-    )
+    layout = _layout("finished at (UTC)", f"lines, 429s per {width} s", barmode="stack")
     return {"data": traces, "layout": layout}
 
 
