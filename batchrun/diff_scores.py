@@ -54,7 +54,7 @@ def run_scores(
     for (slice_value, key, ok), lines in figures.scores.items():
         # A failed request is unscored, whatever its record says (every scorer at 0).
         scores = dict(marks.known[key][0]) if ok and key != NO_SCORE else None
-        board.add(scores, slice_value, times=lines)
+        board.add(scores, slice_value, lines=lines)
     return board.result()
 
 

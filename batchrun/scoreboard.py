@@ -194,9 +194,9 @@ class ScoreBoard:
         self._slices: dict[str, dict[str, list[int]]] = {}
 
     def add(
-        self, scores: Mapping[str, object] | None, slice_value: str | None = None, times: int = 1
+        self, scores: Mapping[str, object] | None, slice_value: str | None = None, lines: int = 1
     ) -> None:
-        """One line (or `times` lines scored alike): `scores` is its record's `score`
+        """One line (or `lines` lines scored alike): `scores` is its record's `score`
         ({scorer: 0 or 1}), None for a failed request. A scorer missing from it, or scored
         anything but the integer 0 or 1 (a stored record is read back, never trusted), is
         unscored for that line."""
@@ -208,10 +208,10 @@ class ScoreBoard:
             for tally in tallies:
                 counts = tally[name]
                 if mark is None:
-                    counts[2] += times
+                    counts[2] += lines
                 else:
-                    counts[0] += mark * times
-                    counts[1] += times
+                    counts[0] += mark * lines
+                    counts[1] += lines
 
     def _slice(self, value: str) -> dict[str, list[int]]:
         tally = self._slices.get(value)
