@@ -235,7 +235,9 @@ async def test_torn_journal_tail_is_repaired_and_reported(
 ) -> None:
     server = mock_server()
     path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(10)])
-    await run(config_for(server, tmp_path, path, limit=6))
+    # One at a time, so the journal is in index order and its first lines are the
+    # results' prefix, as the crash below needs.
+    await run(config_for(server, tmp_path, path, limit=6, concurrency=1))
     out = tmp_path / "out"
     journal = out / "journal.jsonl"
     lines = journal.read_bytes().splitlines(keepends=True)
