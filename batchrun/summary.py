@@ -62,6 +62,7 @@ STRUCTURED_KEYS = (
     "discarded_tokens",  # usage of the refused replies: paid for, in no `tokens` figure
 )
 NO_TOKENS = Tokens(0, 0)
+_NO_OBJECT: dict[str, Any] = {}  # read-only stand-in for a field that is not an object
 
 
 @dataclass
@@ -83,23 +84,35 @@ class Totals:
     board: ScoreBoard | None = None  # an eval run's scores (a failed line is unscored)
 
     def add(self, record: Record | None) -> None:
+        """Count one stored record. The common fields are read off `record.data` here,
+        by `Record`'s type rules (a field of the wrong type is absent, a bool is no
+        number), not through its properties: every record of a run passes here at the
+        end of each session and in `report`, and a call per field costs more than the
+        decode (tests/test_summary.py checks this against the properties)."""
         if record is None:
             return  # not a record at all: nothing in it can be counted
-        attempts = record.attempts or 0
-        self.attempts += attempts
-        self.retries += attempts - 1 if attempts > 1 else 0
-        schema_attempts = record.schema_attempts
-        if schema_attempts is not None:
+        data = record.data
+        attempts = data.get("attempts")
+        if type(attempts) is int and attempts > 0:
+            self.attempts += attempts
+            if attempts > 1:
+                self.retries += attempts - 1
+        schema_attempts = data.get("schema_attempts")
+        if type(schema_attempts) is int and schema_attempts >= 0:
             self._add_structured(record, schema_attempts)
-        ok = record.status == "ok"
+        ok = data.get("status") == "ok"
         if ok:
-            self._add_ok(record)
+            self._add_ok(data)
         else:
             self.failed += 1
             kind = record.error_type
             self.error_types[kind if kind is not None else "unknown"] += 1
         if self.board is not None:
-            self.board.add(record.score if ok else None, record.slice)
+            score, where = data.get("score"), data.get("slice")
+            self.board.add(
+                score if ok and isinstance(score, dict) else None,
+                where if isinstance(where, str) else None,
+            )
 
     def _add_structured(self, record: Record, schema_attempts: int) -> None:
         """A line that asked for structured output: every reply after the first was a
@@ -113,27 +126,32 @@ class Totals:
         elif record.error_type == "schema_violation":
             counts["violations_recorded"] += 1
 
-    def _add_ok(self, record: Record) -> None:
+    def _add_ok(self, data: dict[str, Any]) -> None:
         self.ok += 1
-        model = record.model or "unknown"
+        response = data.get("response")
+        if not isinstance(response, dict):
+            response = _NO_OBJECT
+        model = response.get("model")
+        if not isinstance(model, str) or not model:
+            model = "unknown"
         tokens = self.tokens_by_model.get(model)
         if tokens is None:  # not setdefault: that would build a dict for every record
             tokens = self.tokens_by_model[model] = dict.fromkeys(TOKEN_KEYS, 0)
         tokens["requests"] += 1
-        usage = record.usage  # read once: every record of a run passes here
+        usage = response.get("usage")
         prompt = usage_count(usage, "prompt_tokens") or 0
         completion = usage_count(usage, "completion_tokens") or 0
         tokens["prompt_tokens"] += prompt
         tokens["completion_tokens"] += completion
         tokens["total_tokens"] += usage_count(usage, "total_tokens") or 0
-        if record.cached:
+        if data.get("cached") is True:
             self._add_cached(model, prompt, completion)
             return  # no request was made: nothing to time
-        latency = record.latency_ms
-        if latency is not None:
+        latency = data.get("latency_ms")
+        if type(latency) is float or type(latency) is int:
             self.latencies_ms.append(latency)
-            ttft = record.ttft_ms
-            if ttft is not None:
+            ttft = data.get("ttft_ms")
+            if type(ttft) is float or type(ttft) is int:
                 self._add_stream_timing(latency, ttft, completion)
 
     def _add_cached(self, model: str, prompt: int, completion: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from hostile import ODD, RECORD
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jsonl import write_jsonl
@@ -21,40 +22,6 @@ from batchrun.records import Record
 from batchrun.scoreboard import ScoreBoard
 from batchrun.summary import Totals, cost_section, percentiles
 
-ODD = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-1, 1e3) | st.text(max_size=4)
-MARKS = st.dictionaries(st.sampled_from(["exact", "contains", "x"]), ODD | st.sampled_from([0, 1]))
-RESPONSE = st.fixed_dictionaries(
-    {},
-    optional={
-        "model": st.sampled_from(["m1", "m2"]) | ODD,
-        "usage": st.dictionaries(
-            st.sampled_from(["prompt_tokens", "completion_tokens", "total_tokens"]),
-            st.integers(-2, 50) | ODD,
-        )
-        | ODD,
-        "choices": st.lists(
-            st.fixed_dictionaries({}, optional={"message": st.fixed_dictionaries(
-                {}, optional={"content": st.text(max_size=5) | ODD}
-            ) | ODD}) | ODD,
-            max_size=2,
-        )
-        | ODD,
-    },
-)  # fmt: skip
-RECORD = st.fixed_dictionaries(
-    {},
-    optional={
-        "index": st.integers(0, 5) | ODD,
-        "custom_id": st.sampled_from(["a", "b"]) | ODD,
-        "status": st.sampled_from(["ok", "error"]) | ODD,
-        "response": RESPONSE | ODD,
-        "error": st.fixed_dictionaries({"type": st.sampled_from(["timeout", "x"]) | ODD}) | ODD,
-        "latency_ms": st.floats(0, 1e4) | st.integers(0, 10) | ODD,
-        "cached": st.booleans() | ODD,
-        "score": MARKS | ODD,
-        "slice": st.sampled_from(["geo", "math"]) | ODD,
-    },
-)
 USUAL = {
     "index": 0,
     "status": "ok",

@@ -11,13 +11,17 @@ import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
+from hostile import ODD, RECORD
+from hypothesis import given
+from hypothesis import strategies as st
 from jsonl import write_jsonl
 
 from batchrun import RetryConfig, RunConfig, RunReport, run_batch
 from batchrun.cli import main
 from batchrun.mock import MockServer
 from batchrun.records import Record
-from batchrun.summary import MIN_DECODE_MS, Totals
+from batchrun.scoreboard import ScoreBoard
+from batchrun.summary import MIN_DECODE_MS, TOKEN_KEYS, Totals
 
 Factory = Callable[..., MockServer]
 
@@ -115,3 +119,60 @@ def test_decode_rule_and_any_record_shape() -> None:
         totals.add(Record.from_value(record))
     assert totals.decode_tokens_per_s == [10.0]  # ten tokens after the first, in one second
     assert (totals.ok, totals.failed) == (3, 1)
+
+
+EXTRA = st.fixed_dictionaries(
+    {},
+    optional={
+        "attempts": st.integers(-1, 4) | ODD,
+        "schema_attempts": st.integers(-1, 3) | ODD,
+        "ttft_ms": st.floats(0, 1e3) | st.integers(0, 10) | ODD,
+        "discarded_usage": st.fixed_dictionaries({"total_tokens": st.integers(-1, 9) | ODD}) | ODD,
+    },
+)
+
+
+def reference_add(totals: Totals, record: Record) -> None:
+    """What Totals.add must do, written with Record's properties (its type rules)."""
+    attempts = record.attempts or 0
+    totals.attempts += attempts
+    totals.retries += max(0, attempts - 1)
+    if record.schema_attempts is not None:
+        totals._add_structured(record, record.schema_attempts)
+    ok = record.status == "ok"
+    if ok:
+        totals.ok += 1
+        model = record.model or "unknown"
+        tokens = totals.tokens_by_model.setdefault(model, dict.fromkeys(TOKEN_KEYS, 0))
+        tokens["requests"] += 1
+        tokens["prompt_tokens"] += record.prompt_tokens or 0
+        tokens["completion_tokens"] += record.completion_tokens or 0
+        tokens["total_tokens"] += record.total_tokens or 0
+        if record.cached:
+            totals._add_cached(model, record.prompt_tokens or 0, record.completion_tokens or 0)
+        elif record.latency_ms is not None:
+            totals.latencies_ms.append(record.latency_ms)
+            if record.ttft_ms is not None:
+                totals._add_stream_timing(
+                    record.latency_ms, record.ttft_ms, record.completion_tokens or 0
+                )
+    else:
+        totals.failed += 1
+        kind = record.error_type
+        totals.error_types[kind if kind is not None else "unknown"] += 1
+    assert totals.board is not None
+    totals.board.add(record.score if ok else None, record.slice)
+
+
+@given(records=st.lists(st.tuples(RECORD, EXTRA).map(lambda t: {**t[0], **t[1]}), max_size=8))
+def test_totals_add_reads_records_by_the_rules_of_their_properties(
+    records: list[dict[str, Any]],
+) -> None:
+    fast, slow = (Totals(board=ScoreBoard(["exact", "contains"])) for _ in range(2))
+    for data in records:
+        fast.add(Record(data))
+        reference_add(slow, Record(data))
+    assert fast.board is not None and slow.board is not None
+    assert fast.board.result() == slow.board.result()
+    fast.board = slow.board = None
+    assert fast == slow
