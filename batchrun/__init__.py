@@ -4,6 +4,8 @@ Library use mirrors the CLI: build a `RunConfig`, await `run_batch(config)`; rea
 results.jsonl line back with `Record.parse`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .config import Pace, RetryConfig, RunConfig, Timeouts
 from .errors import (
@@ -26,8 +28,22 @@ from .errors import (
     TransientError,
     TransportFailure,
 )
+from .outcome import RunReport
 from .records import Record
-from .runner import RunReport, run_batch
+
+if TYPE_CHECKING:
+    from .runner import run_batch
+
+
+def __getattr__(name: str) -> Any:
+    """`run_batch` on first use: the runner loads aiohttp, which commands that send
+    nothing (report, diff, validate) would otherwise pay for at every start."""
+    if name == "run_batch":
+        from .runner import run_batch  # noqa: PLC0415
+
+        return run_batch
+    raise AttributeError(f"module 'batchrun' has no attribute {name!r}")
+
 
 __all__ = [
     "Aborted",

@@ -48,7 +48,6 @@ from .prices import load_prices
 from .progress import render_summary, stderr_console
 from .reader import STDIN
 from .report import read_report, render_report
-from .runner import run_batch
 
 __all__ = ["main"]
 
@@ -485,6 +484,9 @@ def _run_or_exit(
 ) -> RunReport:
     """Build the config and run it; a BatchrunError from either ends the program with
     its class's exit code and one line, never a traceback."""
+    # Loaded here: the runner brings aiohttp, which report, diff and validate never need.
+    from .runner import run_batch  # noqa: PLC0415
+
     try:
         config = build()
         return anyio.run(
@@ -768,27 +770,46 @@ main.add_command(cache)
     help="Prices replacing or adding to the bundled table (TOML or JSON), as `run --prices`.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
-def report_command(outdir: Path, prices_file: Path | None, as_json: bool) -> None:
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the report as one self-contained HTML page with charts to this file "
+    "(instead of the tables; needs `pip install 'batchrun[report]'`).",
+)
+def report_command(
+    outdir: Path, prices_file: Path | None, as_json: bool, html_file: Path | None
+) -> None:
     """Show the figures of a run in OUTDIR: finished, partial, killed or still running.
 
     Counts, errors by type with one example each, tokens and cost per model, latency and
-    time-to-first-token percentiles, and the last session's flow figures. Built from the
-    records themselves (results.jsonl and the journal), so a killed run reports what it
-    finished. Nothing in OUTDIR is changed or locked: safe while a run is writing it.
+    time-to-first-token percentiles, the last session's flow figures, and an eval run's
+    scores per scorer and slice (95 % interval, bar). Built from the records themselves
+    (results.jsonl and the journal), so a killed run reports what it finished. Nothing
+    in OUTDIR is changed or locked: safe while a run is writing it.
     Exit 0, or 1 when OUTDIR is not a batchrun output directory.
 
     \b
     Examples:
       batchrun report labels.batchrun
-      batchrun report evals.batchrun --json | jq .counts
+      batchrun report evals.batchrun --json | jq .eval.scorers
+      batchrun report evals.batchrun --html evals.html   # latency, completions over
+                                                         # time, tokens, errors, scores
     """
+    err = stderr_console()
     try:
         found = read_report(outdir, load_prices(prices_file))
+        if html_file is not None:
+            from .report_html import write_html  # noqa: PLC0415 (plotly: only for --html)
+
+            write_html(found, html_file)
     except BatchrunError as exc:
-        stderr_console().print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
+        err.print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
         sys.exit(exc.exit_code)
     if as_json:
         click.echo(orjson.dumps(found.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    elif html_file is not None:
+        err.print(f"report written to {html_file}", highlight=False, markup=False)
     else:
         render_report(found, Console())
 

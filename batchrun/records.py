@@ -330,15 +330,15 @@ class Record:
 
     @property
     def prompt_tokens(self) -> int | None:
-        return usage_count(self._usage(), "prompt_tokens")
+        return usage_count(self.usage, "prompt_tokens")
 
     @property
     def completion_tokens(self) -> int | None:
-        return usage_count(self._usage(), "completion_tokens")
+        return usage_count(self.usage, "completion_tokens")
 
     @property
     def total_tokens(self) -> int | None:
-        return usage_count(self._usage(), "total_tokens")
+        return usage_count(self.usage, "total_tokens")
 
     @property
     def discarded_tokens(self) -> int | None:
@@ -349,7 +349,10 @@ class Record:
         error = self.data.get("error")
         return error if isinstance(error, dict) else _NO_OBJECT
 
-    def _usage(self) -> dict[str, Any]:
+    @property
+    def usage(self) -> dict[str, Any]:
+        """The reply's `usage` object ({} when there is none): read it once to take
+        several counts from it with `usage_count`."""
         response = self.data.get("response")
         usage = response.get("usage") if isinstance(response, dict) else None
         return usage if isinstance(usage, dict) else _NO_OBJECT

@@ -3,26 +3,35 @@
 A run may be finished, partial, killed or still being written by another process, so
 nothing here takes the lock or repairs a file: files are opened for reading only, and a
 last line with no newline (a write torn by a kill, or one still under way) is skipped.
+
+Memory is bounded by the run's figures, not its records: each record is counted and
+dropped, the journal's records beyond results.jsonl are found by offset, and only the
+first FAILED_LINES failed lines are kept whole (for the HTML page's table).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import ConfigError
 from .outdir import Paths
 from .prices import PriceTable, format_usd
 from .records import Record
+from .report_eval import EvalTally, eval_table
+from .report_timeline import Timeline
 from .summary import Totals, cost_section, percentiles
 
-__all__ = ["OutdirReport", "read_report", "render_report"]
+__all__ = ["FAILED_LINES", "OutdirReport", "read_report", "render_report"]
+
+FAILED_LINES = 200  # failed lines kept with their error, in index order
+MESSAGE_CHARS = 1000  # of each kept error message
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,9 @@ class OutdirReport:
     unreadable_lines: int  # skipped: torn tails and lines that are not records
     cost: dict[str, Any]
     flow: dict[str, Any] | None
-    eval: dict[str, Any] | None  # summary.json's `eval` section, passed through as written
+    eval: dict[str, Any] | None  # report_eval.EvalTally.section: scores from the records
+    timeline: dict[str, Any] | None  # report_timeline.Timeline.to_json
+    failed_lines: list[dict[str, Any]]  # the first FAILED_LINES, by index
 
     @property
     def done(self) -> int:
@@ -75,6 +86,8 @@ class OutdirReport:
             "ttft_ms": percentiles(totals.ttfts_ms),
             "flow": self.flow,
             "eval": self.eval,
+            "timeline": self.timeline,
+            "failed_lines": self.failed_lines,
         }
 
 
@@ -83,10 +96,11 @@ def read_report(outdir: Path, prices: PriceTable | None = None) -> OutdirReport:
     paths = Paths(outdir)
     requests = _requests(paths)
     summary = _summary(paths)
-    reading = _Reading(requests)
+    summary_eval = summary.get("eval")
+    reading = _Reading(requests, summary_eval if isinstance(summary_eval, dict) else None)
     done_in_results = reading.add_results(paths.results)
     reading.add_journal(paths.journal, after=done_in_results)
-    flow, eval_section = summary.get("flow"), summary.get("eval")
+    flow = summary.get("flow")
     status, reason = summary.get("status"), summary.get("reason")
     return OutdirReport(
         outdir=outdir,
@@ -98,7 +112,9 @@ def read_report(outdir: Path, prices: PriceTable | None = None) -> OutdirReport:
         unreadable_lines=reading.unreadable,
         cost=cost_section(reading.totals, prices or PriceTable.bundled()),
         flow=flow if isinstance(flow, dict) else None,
-        eval=eval_section if isinstance(eval_section, dict) else None,
+        eval=reading.eval.section(),
+        timeline=reading.timeline.to_json(),
+        failed_lines=reading.failed_lines,
     )
 
 
@@ -131,56 +147,92 @@ def _summary(paths: Paths) -> dict[str, Any]:
 class _Reading:
     """Totals over results.jsonl, then over the journal records not yet in it."""
 
-    def __init__(self, requests: int) -> None:
+    def __init__(self, requests: int, summary_eval: dict[str, Any] | None) -> None:
         self.requests = requests
         self.totals = Totals()
+        self.eval = EvalTally(summary_eval)
+        self.timeline = Timeline()
         self.examples: dict[str, str] = {}
+        self.failed_lines: list[dict[str, Any]] = []
         self.unreadable = 0
 
     def add_results(self, path: Path) -> int:
         """Count results.jsonl; returns how many records it holds (indices 0..n-1)."""
         count = 0
-        for record in self._records(path):
-            self._add(record)
-            count += 1
+        try:
+            stream = path.open("rb")
+        except FileNotFoundError:
+            return 0
+        with stream:
+            for line in stream:
+                if line.endswith(b"\n"):  # else torn by a kill, or still being written
+                    self._add(Record.parse(line))
+                    count += 1
         return count
 
     def add_journal(self, path: Path, *, after: int) -> None:
         """Journal records of indices from `after` on: done, not yet in results.jsonl. A
-        line journaled twice (sent again on resume) counts as its latest record."""
-        latest: dict[int, Record] = {}
-        for record in self._records(path):
-            index = record.index
-            if index is not None and after <= index < self.requests:
-                latest[index] = record
-        for record in latest.values():
-            self._add(record)
-
-    def _add(self, record: Record) -> None:
-        self.totals.add(record)
-        kind = (record.error_type or "unknown") if record.status != "ok" else None
-        if kind is not None and kind not in self.examples:
-            self.examples[kind] = record.error_message or ""
-
-    def _records(self, path: Path) -> Iterator[Record]:
+        line journaled twice (sent again on resume) counts as its latest record. Only
+        their offsets are kept, and only their lines decoded."""
+        if after >= self.requests:
+            return  # every line is in results.jsonl: the journal holds nothing else
         try:
             stream = path.open("rb")
         except FileNotFoundError:
             return
         with stream:
-            for line in _complete_lines(stream):
-                record = Record.parse(line)
-                if record is None:
+            latest: dict[int, int] = {}
+            offset = 0
+            for line in stream:
+                if not line.endswith(b"\n"):
+                    break  # the last line: torn by a kill, or still being written
+                index = _index_of(line)
+                if index is None:
                     self.unreadable += 1
-                else:
-                    yield record
+                elif after <= index < self.requests:
+                    latest[index] = offset
+                offset += len(line)
+            for index in sorted(latest):
+                stream.seek(latest[index])
+                self._add(Record.parse(stream.readline()))
+
+    def _add(self, record: Record | None) -> None:
+        if record is None:
+            self.unreadable += 1
+            return
+        self.totals.add(record)
+        failed = record.status != "ok"
+        self.eval.add(record, failed)
+        self.timeline.add(record.finished_at, failed, record.throttled)
+        if failed:
+            self._add_failed(record)
+
+    def _add_failed(self, record: Record) -> None:
+        kind = record.error_type or "unknown"
+        message = record.error_message or ""
+        if kind not in self.examples:
+            self.examples[kind] = message
+        if len(self.failed_lines) < FAILED_LINES:
+            self.failed_lines.append(
+                {
+                    "index": record.index,
+                    "line": record.line,
+                    "custom_id": record.custom_id,
+                    "error_type": kind,
+                    "message": message[:MESSAGE_CHARS],
+                }
+            )
 
 
-def _complete_lines(stream: BinaryIO) -> Iterator[bytes]:
-    """Lines ending in a newline: the last one may be torn, or still being written."""
-    for line in stream:
-        if line.endswith(b"\n"):
-            yield line
+def _index_of(raw: bytes) -> int | None:
+    """A journal line's index, read from the bytes batchrun writes first (`{"index":N,`)
+    without decoding the reply after it; any other line is decoded (as diff.py reads it)."""
+    if raw.startswith(b'{"index":'):
+        end = raw.find(b",", 9, 40)
+        if end > 9 and raw[9:end].isdigit():
+            return int(raw[9:end])
+    record = Record.parse(raw)
+    return None if record is None else record.index
 
 
 def render_report(report: OutdirReport, console: Console) -> None:
@@ -196,19 +248,21 @@ def render_report(report: OutdirReport, console: Console) -> None:
         console.print(_timing_table(timing))
     if report.flow is not None:
         console.print(_flow_table(report.flow))
-    # Eval scores per scorer and slice go here once summary.json carries an `eval` section.
+    if report.eval is not None:
+        console.print(eval_table(report.eval))
 
 
 def _status_table(report: OutdirReport) -> Table:
     counts = report.to_dict()["counts"]
-    table = Table(title=f"batchrun report: {report.outdir}", show_header=False)
+    # Every string read from OUTDIR goes in as Text: a record's `[/x]` is no rich markup.
+    table = Table(title=Text(f"batchrun report: {report.outdir}"), show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("state (from the records)", report.state)
     last = report.summary_status or "no summary.json (first session running or killed)"
     if report.summary_reason:
         last += f" ({report.summary_reason})"
-    table.add_row("last summary", last)
+    table.add_row("last summary", Text(last))
     table.add_row("done / requests", f"{report.done} / {report.requests}")
     for key in ("ok", "failed", "not_done", "unreadable_lines"):
         table.add_row(key.replace("_", " "), str(counts[key]))
@@ -221,7 +275,7 @@ def _errors_table(errors: dict[str, dict[str, Any]]) -> Table:
     table.add_column("count", justify="right")
     table.add_column("example", overflow="fold")
     for kind, entry in errors.items():
-        table.add_row(kind, str(entry["count"]), entry["example"] or "")
+        table.add_row(Text(kind), str(entry["count"]), Text(entry["example"] or ""))
     return table
 
 
@@ -234,7 +288,7 @@ def _models_table(tokens: dict[str, dict[str, int]], cost: dict[str, Any]) -> Ta
     for model, figures in sorted(tokens.items()):
         price = usd.get(model)
         table.add_row(
-            model,
+            Text(model),
             *(str(figures[k]) for k in ("requests", "prompt_tokens", "completion_tokens")),
             str(figures["total_tokens"]),
             "no price" if price is None else format_usd(price),
@@ -260,5 +314,5 @@ def _flow_table(flow: dict[str, Any]) -> Table:
     table.add_column("value", overflow="fold")
     for key, value in flow.items():
         shown = value if isinstance(value, str) else orjson.dumps(value).decode()
-        table.add_row(key.replace("_", " "), shown)
+        table.add_row(Text(key.replace("_", " ")), Text(shown))
     return table

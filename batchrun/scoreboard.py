@@ -193,10 +193,13 @@ class ScoreBoard:
         self._overall = {name: [0, 0, 0] for name in self._scorers}
         self._slices: dict[str, dict[str, list[int]]] = {}
 
-    def add(self, scores: Mapping[str, object] | None, slice_value: str | None = None) -> None:
-        """One line: `scores` is its record's `score` ({scorer: 0 or 1}), None for a failed
-        request. A scorer missing from it, or scored anything but the integer 0 or 1 (a
-        stored record is read back, never trusted), is unscored for that line."""
+    def add(
+        self, scores: Mapping[str, object] | None, slice_value: str | None = None, lines: int = 1
+    ) -> None:
+        """One line (or `lines` lines scored alike): `scores` is its record's `score`
+        ({scorer: 0 or 1}), None for a failed request. A scorer missing from it, or scored
+        anything but the integer 0 or 1 (a stored record is read back, never trusted), is
+        unscored for that line."""
         tallies = [self._overall]
         if slice_value is not None:
             tallies.append(self._slice(slice_value))
@@ -205,10 +208,10 @@ class ScoreBoard:
             for tally in tallies:
                 counts = tally[name]
                 if mark is None:
-                    counts[2] += 1
+                    counts[2] += lines
                 else:
-                    counts[0] += mark
-                    counts[1] += 1
+                    counts[0] += mark * lines
+                    counts[1] += lines
 
     def _slice(self, value: str) -> dict[str, list[int]]:
         tally = self._slices.get(value)

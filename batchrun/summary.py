@@ -38,7 +38,7 @@ import orjson
 from .evals import EvalSpec, eval_section
 from .outdir import Paths, write_atomic
 from .prices import PriceTable, Tokens, actual_cost
-from .records import Record
+from .records import Record, usage_count
 from .scoreboard import FailUnder, ScoreBoard
 
 __all__ = [
@@ -120,12 +120,14 @@ class Totals:
         if tokens is None:  # not setdefault: that would build a dict for every record
             tokens = self.tokens_by_model[model] = dict.fromkeys(TOKEN_KEYS, 0)
         tokens["requests"] += 1
-        completion = record.completion_tokens or 0
-        tokens["prompt_tokens"] += record.prompt_tokens or 0
+        usage = record.usage  # read once: every record of a run passes here
+        prompt = usage_count(usage, "prompt_tokens") or 0
+        completion = usage_count(usage, "completion_tokens") or 0
+        tokens["prompt_tokens"] += prompt
         tokens["completion_tokens"] += completion
-        tokens["total_tokens"] += record.total_tokens or 0
+        tokens["total_tokens"] += usage_count(usage, "total_tokens") or 0
         if record.cached:
-            self._add_cached(model, record.prompt_tokens or 0, completion)
+            self._add_cached(model, prompt, completion)
             return  # no request was made: nothing to time
         latency = record.latency_ms
         if latency is not None:

@@ -87,6 +87,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "slice": (str,),
     "finished_at": (int, float),
     "throttled": (int,),
+    "usage": (dict,),
 }
 COUNTS = {
     "throttled",

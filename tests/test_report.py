@@ -193,6 +193,7 @@ def test_the_json_document_has_every_section(
     assert list(found) == [
         *("outdir", "state", "summary_status", "summary_reason", "counts", "errors_by_type"),
         *("tokens", "tokens_by_model", "cost", "latency_ms", "ttft_ms", "flow", "eval"),
+        *("timeline", "failed_lines"),
     ]
     assert found["errors_by_type"] == {}
     ttft = found["ttft_ms"]
