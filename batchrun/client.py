@@ -5,6 +5,8 @@ Every foreign exception and every non-200 status is translated here, at one boun
 ask "transient or not". Every byte a server sends is untrusted: a reply that is not a
 usable completion is a BadResponse, an unusable header is ignored.
 Why aiohttp and not httpx: see docs/architecture.md ("Transport choice", measured).
+aiohttp is loaded with the session, on the first request: a run answered whole from the
+request cache never pays its import (about a third of a second).
 """
 
 from __future__ import annotations
@@ -13,12 +15,10 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from ._version import __version__
@@ -39,6 +39,9 @@ from .errors import (
 )
 from .ratelimit_headers import zero_allowance
 from .streaming import StreamDeadlines, read_completion_stream
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["ChatClient", "Reply", "classify_status", "parse_retry_after"]
 
@@ -69,34 +72,15 @@ class ChatClient:
         if api_key:  # None or empty: a server without authentication gets no header
             bearer = api_key if api_key.startswith("Bearer ") else f"Bearer {api_key}"
             self._headers["authorization"] = bearer
-        # `total` bounds a whole non-streamed attempt, connect to last byte: a server
-        # dripping one byte at a time must not hold a worker past --timeout. `connect`
-        # includes the wait for a pooled connection, which never happens: the pool is
-        # as large as the worker count.
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeouts.read, connect=timeouts.connect, sock_connect=timeouts.connect
-        )
-        # A stream's deadlines count events, not bytes (a keep-alive comment is not
-        # progress): StreamDeadlines enforces them, aiohttp only the connect bound.
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect, sock_connect=timeouts.connect
-        )
         self._session: aiohttp.ClientSession | None = None
+        self._stream_timeout: aiohttp.ClientTimeout | None = None  # made with the session
+        self._entered = False
         # The headers of the latest reply, whatever its status: flow control reads the
         # rate-limit headers from it now and then (parsing every reply would cost CPU).
         self.last_headers: Mapping[str, str] | None = None
 
     async def __aenter__(self) -> ChatClient:
-        host = urlsplit(self._endpoint).hostname or ""
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=0),
-            headers=self._headers,
-            timeout=self._timeout,
-            # Proxies from the environment apply to remote APIs, never to this machine.
-            trust_env=not is_loopback(host),
-            # Nothing a server sets may come back in later requests.
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self._entered = True
         return self
 
     async def __aexit__(
@@ -105,16 +89,47 @@ class ChatClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._entered = False
         if self._session is not None:
             await self._session.close()
+            self._session = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        """The session, made by the first request (no await: the workers that start
+        together cannot make two)."""
+        assert self._entered, "use ChatClient as an async context manager"
+        import aiohttp  # noqa: PLC0415 (see the module docstring)
+
+        connect = self._timeouts.connect
+        host = urlsplit(self._endpoint).hostname or ""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=0),
+            headers=self._headers,
+            # `total` bounds a whole non-streamed attempt, connect to last byte: a server
+            # dripping one byte at a time must not hold a worker past --timeout. `connect`
+            # includes the wait for a pooled connection, which never happens: the pool is
+            # as large as the worker count.
+            timeout=aiohttp.ClientTimeout(
+                total=self._timeouts.read, connect=connect, sock_connect=connect
+            ),
+            # Proxies from the environment apply to remote APIs, never to this machine.
+            trust_env=not is_loopback(host),
+            # Nothing a server sets may come back in later requests.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        # A stream's deadlines count events, not bytes (a keep-alive comment is not
+        # progress): StreamDeadlines enforces them, aiohttp only the connect bound.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_connect=connect
+        )
+        return self._session
 
     async def complete(self, payload: bytes, *, stream: bool = False) -> Reply:
         """Send one request; return the parsed reply or raise a `RequestFailed`.
 
         The one exception boundary: whatever the transport or a hostile reply raises
         becomes a `RequestFailed` here (see `_translated`); cancellation passes."""
-        session = self._session
-        assert session is not None, "use ChatClient as an async context manager"
+        session = self._session or self._open()
         try:
             if stream:
                 return await self._complete_streamed(session, payload)
@@ -139,6 +154,7 @@ class ChatClient:
             first_output.append(time.perf_counter() - started)
 
         deadlines = StreamDeadlines(self._timeouts.stream_idle, self._timeouts.stream_total)
+        assert self._stream_timeout is not None  # made with the session
         with deadlines.scope:
             async with session.post(
                 self._endpoint,
@@ -159,6 +175,8 @@ class ChatClient:
 
     def _translated(self, exc: Exception, stream: bool) -> RequestFailed:
         """Map anything the transport or a hostile reply raised onto the error tree."""
+        import aiohttp  # noqa: PLC0415 (loaded already: a request was made)
+
         if isinstance(exc, TimeoutError):
             # aiohttp's `total` deadline raises a bare TimeoutError; connect timeouts say so.
             return Timeout(str(exc) or f"no complete reply within {self._timeouts.read:g} s")
@@ -226,6 +244,8 @@ def _finite(text: str | None) -> float | None:
 
 
 def _seconds_until(http_date: str, now: float) -> float | None:
+    from email.utils import parsedate_to_datetime  # noqa: PLC0415 (rare: an HTTP date)
+
     try:
         return parsedate_to_datetime(http_date).timestamp() - now
     except (TypeError, ValueError, IndexError, OverflowError):  # e.g. year 10**20

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .prices import format_usd
 from .records import Record
@@ -108,6 +107,15 @@ class ProgressDisplay:
         self._live = self._console.is_terminal
         self._last_plain = time.monotonic()  # first plain line after an interval, not at 0
         self._note = ""
+        # Loaded here: only a run that shows progress draws a bar (~15 ms of start-up).
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         self._progress = Progress(
             TextColumn("[bold]batchrun"),
             BarColumn(),

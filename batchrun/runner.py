@@ -256,16 +256,18 @@ class _Run:
         async with self.cache or contextlib.nullcontext():
             with self._work_scope:
                 async with anyio.create_task_group() as work, work_recv:
-                    work.start_soon(self._dispatch, work_send, done_send.clone())
+                    work.start_soon(self._dispatch, worker, work_send, done_send.clone())
                     for _ in range(self.config.concurrency):
                         work.start_soon(worker.run, work_recv.clone(), done_send.clone())
 
     async def _dispatch(
         self,
+        worker: Worker,
         work_send: MemoryObjectSendStream[Request],
         done_send: MemoryObjectSendStream[Completed],
     ) -> None:
         lines = iter_lines(self.config, self.scan, self.parser, skip=self.state.is_done)
+        answer = worker.answer if self.cache is not None else None
         async with work_send, done_send:
             if self.stats.done_before >= self.stats.total:
                 return  # a finished run resumed: nothing to read, nothing to send
@@ -278,6 +280,13 @@ class _Run:
                     if (stop := self.guards.admit(item)) is not None:
                         self._stop(stop)  # the line stays unsent: the rerun sends it
                         return
+                    # A cache hit goes straight to the writer: no worker, no request.
+                    if answer is not None and (hit := answer(item)) is not None:
+                        try:
+                            done_send.send_nowait(hit)
+                        except anyio.WouldBlock:
+                            await done_send.send(hit)
+                        continue
                     # Hand the line straight to a waiting worker: awaiting send() would
                     # yield to the loop once per line, so lines would go out one per loop
                     # turn. Only when no worker waits do we block (and yield), so the loop

@@ -53,6 +53,7 @@ class Worker:
         self.sent_log = sent_log
         self.schema_retries = schema_retries
         self.cache = cache
+        self._keys: dict[int, str] = {}  # index -> cache key of a line answer() missed
 
     async def run(
         self,
@@ -71,14 +72,22 @@ class Worker:
                     with anyio.CancelScope(shield=True):
                         await done_send.send(completed)
 
+    def answer(self, request: Request) -> Completed | None:
+        """The line's record from the request cache, or None when it must be sent. The
+        dispatcher asks before handing a line out, so a hit never goes through a worker
+        (the hand-off costs more than the lookup); a miss's key waits for its store."""
+        assert self.cache is not None
+        looked_up = time.perf_counter()
+        key, cached = self.cache.lookup(request)
+        if cached is not None and (hit := self._answered(request, cached, looked_up)):
+            return hit
+        if key is not None:
+            self._keys[request.index] = key
+        return None
+
     async def process(self, request: Request) -> Completed:
-        # The request cache: a hit is the record, nothing is sent (see _answered).
-        key = None
-        if self.cache is not None:
-            looked_up = time.perf_counter()
-            key, cached = self.cache.lookup(request)
-            if cached is not None and (hit := self._answered(request, cached, looked_up)):
-                return hit
+        # The key under which a miss's reply is stored (see answer).
+        key = self._keys.pop(request.index, None) if self._keys else None
         self.sent_log.mark(request.index)
         stats, flow, client = self.stats, self.flow, self.client
         attempts = throttled = 0

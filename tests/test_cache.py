@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from batchrun.cache import (
     IGNORED_FIELDS,
+    READ_BYTES,
     RequestCache,
     cache_key,
     canonical_body,
@@ -291,6 +292,29 @@ def test_a_damaged_entry_is_a_miss_and_is_removed(
     assert not store.path(key).exists()
     assert store.put(key, reply("again"))
     assert store.get(key) == reply("again")
+
+
+def _entry_size(store: RequestCache, key: str, reply: dict[str, Any]) -> int:
+    assert store.put(key, reply)
+    return store.path(key).stat().st_size
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, READ_BYTES + 1])
+def test_entries_of_any_size_round_trip_and_a_torn_big_one_is_a_miss(
+    store: RequestCache, extra: int
+) -> None:
+    # get() reads READ_BYTES at once and goes on only after a full read: entries just
+    # under, at and over that size are read whole, and one cut short is never served.
+    key = cache_key(BODY, URL)
+    size = READ_BYTES + extra
+    padded = {**reply(), "pad": ""}
+    for _ in range(2):  # the second round corrects for the header's length digits
+        padded["pad"] = "x" * (len(padded["pad"]) + size - _entry_size(store, key, padded))
+    assert _entry_size(store, key, padded) == size
+    assert store.get(key) == padded
+    store.path(key).write_bytes(store.path(key).read_bytes()[:-1])
+    assert store.get(key) is None
+    assert not store.path(key).exists()
 
 
 def test_an_entry_under_another_key_is_not_served(store: RequestCache) -> None:

@@ -1,4 +1,5 @@
-"""What a command loads: `batchrun run` without --mock never imports the mock server."""
+"""What a command loads: `batchrun run` without --mock never imports the mock server, and
+a rerun answered whole from the request cache never imports aiohttp."""
 
 from __future__ import annotations
 
@@ -32,13 +33,8 @@ print(orjson.dumps({"exit": code, "modules": sorted(sys.modules)}).decode())
 """
 
 
-def test_run_without_mock_never_imports_the_mock_server(
-    tmp_path: Path, mock_server: Callable[..., MockServer]
-) -> None:
-    server = mock_server()
-    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(3)])
-    out = tmp_path / "out"
-    args = ["run", str(path), "-o", str(out), "-q", "--base-url", server.url]
+def _run_child(*args: str) -> list[str]:
+    """`batchrun` with `args` in a fresh interpreter: the modules it had loaded at exit."""
     child = subprocess.run(
         [sys.executable, "-c", CHILD, *args],
         capture_output=True,
@@ -48,6 +44,32 @@ def test_run_without_mock_never_imports_the_mock_server(
     )
     report = orjson.loads(child.stdout.splitlines()[-1])
     assert report["exit"] == 0, child.stderr.decode()
+    modules: list[str] = report["modules"]
+    return modules
+
+
+def test_run_without_mock_never_imports_the_mock_server(
+    tmp_path: Path, mock_server: Callable[..., MockServer]
+) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(3)])
+    out = tmp_path / "out"
+    modules = _run_child("run", str(path), "-o", str(out), "-q", "--base-url", server.url)
     assert [r["status"] for r in read_jsonl(out / "results.jsonl")] == ["ok"] * 3
-    loaded = [m for m in report["modules"] if m.startswith("batchrun.mock")]
+    loaded = [m for m in modules if m.startswith("batchrun.mock")]
     assert loaded == ALLOWED_MOCK_MODULES
+
+
+def test_a_fully_cached_rerun_never_imports_aiohttp(
+    tmp_path: Path, mock_server: Callable[..., MockServer]
+) -> None:
+    server = mock_server()
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(4)])
+    flags = ["-q", "--base-url", server.url, f"--cache={tmp_path / 'cache'}"]
+    first = _run_child("run", str(path), "-o", str(tmp_path / "first"), *flags)
+    assert "aiohttp" in first  # the first run sent every line
+    rerun = _run_child("run", str(path), "-o", str(tmp_path / "rerun"), *flags)
+    assert server.requests_received == 4
+    records = read_jsonl(tmp_path / "rerun" / "results.jsonl")
+    assert [(r["status"], r["cached"]) for r in records] == [("ok", True)] * 4
+    assert [m for m in rerun if m.split(".")[0] == "aiohttp"] == []
