@@ -15,7 +15,6 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from .records import Record
 from .scoreboard import Score, ScoreBoard
 
 __all__ = ["EvalTally", "eval_table"]
@@ -32,14 +31,16 @@ class EvalTally:
         self._kinds: Counter[tuple[str | None, bool, tuple[tuple[str, Any], ...] | None]]
         self._kinds = Counter()
 
-    def add(self, record: Record, failed: bool) -> None:
-        scores = record.score
-        marks = tuple(scores.items()) if scores is not None else None
+    def add(self, score: object, slice_value: object, failed: bool) -> None:
+        """One record's stored `score` and `slice`, as read (Record.score and
+        Record.slice's rules: anything but an object, a string, is absent)."""
+        marks = tuple(score.items()) if isinstance(score, dict) else None
+        where = slice_value if isinstance(slice_value, str) else None
         try:
-            self._kinds[record.slice, failed, marks] += 1
+            self._kinds[where, failed, marks] += 1
         except TypeError:  # a mark no number could be (a list): unscored, like any such
             assert marks is not None
-            self._kinds[record.slice, failed, tuple((k, _hashable(v)) for k, v in marks)] += 1
+            self._kinds[where, failed, tuple((k, _hashable(v)) for k, v in marks)] += 1
 
     def _names(self) -> list[str]:
         """The summary's scorers, then those of the records in first-seen order."""

@@ -24,8 +24,15 @@ class Timeline:
         self._last = 0
         self.untimed = 0  # records with no usable `finished_at` (older, or edited)
 
-    def add(self, finished_at: float | None, failed: bool, throttled: int) -> None:
-        if finished_at is None or not 0 <= finished_at < LATEST:  # nan too
+    def add(self, finished_at: object, failed: bool, throttled: object) -> None:
+        """One record's stored `finished_at` and `throttled`, as read (Record's rules:
+        a time is an int or float, a count an int >= 0, a bool neither)."""
+        if type(throttled) is not int or throttled < 0:
+            throttled = 0
+        if type(finished_at) is not float and type(finished_at) is not int:
+            self.untimed += 1
+            return
+        if not 0 <= finished_at < LATEST:  # nan too
             self.untimed += 1  # a stored time is untrusted: none past LATEST is real
             return
         key = int(finished_at) // self.width
