@@ -26,7 +26,6 @@ from rich.text import Text
 from ._version import __version__
 from .cache import default_cache_dir
 from .cache_cli import cache
-from .checkfile import check_file, check_job
 from .cli_base import CONTEXT, Group
 from .config import (
     DEFAULT_API_KEY_ENV,
@@ -41,7 +40,6 @@ from .config import (
 )
 from .config import default_outdir as _default_outdir
 from .errors import BatchrunError
-from .jobs import apply_job, is_job, load_job
 from .mock.kinds import FAULT_HELP, FAULT_KINDS
 from .outcome import EXIT_INTERRUPTED, RunReport
 from .prices import load_prices
@@ -427,6 +425,8 @@ def run(
                 fail_under=fail_under,
             )
 
+        from .jobs import is_job  # noqa: PLC0415 (run and validate only: report and diff start faster)
+
         build = config
         if is_job(input_path):
             build = lambda: _with_job(input_path, config(), mock=mock_url is not None)  # noqa: E731
@@ -450,6 +450,8 @@ def _with_job(path: Path, flags: RunConfig, *, mock: bool) -> RunConfig:
     explicit = {name for name in ctx.params if ctx.get_parameter_source(name) in given}
     if mock:
         explicit.add("base_url")
+    from .jobs import apply_job, load_job  # noqa: PLC0415 (see run)
+
     return apply_job(load_job(path), flags, explicit)
 
 
@@ -569,6 +571,9 @@ def validate_command(
       batchrun validate batch.jsonl -m mistral-small-latest --prices our-prices.toml
       batchrun validate evals.jsonl --json | jq .cost
     """
+    from .checkfile import check_file, check_job  # noqa: PLC0415 (see run)
+    from .jobs import is_job, load_job  # noqa: PLC0415
+
     try:
         if is_job(input_path):
             job = load_job(input_path)
