@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import orjson
+from harness import compile_batchrun
 
 PYTHON = sys.executable
 SLICES = ("arithmetic", "geography", "history", "science", "spelling")
@@ -141,6 +142,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
+    compile_batchrun()  # as an installed wheel is (see harness.compile_batchrun)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_runs(work, options.lines)

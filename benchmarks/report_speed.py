@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from harness import PYTHON, Measured, run_measured
+from harness import PYTHON, Measured, compile_batchrun, run_measured
 
 # The baseline: decode every line of results.jsonl, nothing else.
 BASELINE = """
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    compile_batchrun()  # as an installed wheel is (see harness.compile_batchrun)
     with tempfile.TemporaryDirectory(prefix="report-speed-") as tmp:
         outdir = Path(tmp) / "run"
         build_outdir(outdir, args.lines)
