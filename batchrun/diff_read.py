@@ -27,7 +27,7 @@ import orjson
 
 from .outdir import Paths
 from .prices import PriceTable, Tokens
-from .records import Record
+from .records import Record, stored_index
 from .summary import Totals, cost_section, percentiles
 
 __all__ = ["Key", "Line", "RunFigures", "ScoreMarks", "read_lines", "reread_output"]
@@ -228,24 +228,13 @@ def _sources(paths: Paths, complete: list[int]) -> Iterator[tuple[Iterable[bytes
     with paths.journal.open("rb") as stream:
         offset = 0
         for raw in stream:
-            index = _index_of(raw)
+            index = stored_index(raw)
             if index is not None and index >= complete[0]:
                 beyond[index] = offset
             offset += len(raw)
         for index in sorted(beyond):
             stream.seek(beyond[index])
             yield [stream.readline()], beyond[index], 1
-
-
-def _index_of(raw: bytes) -> int | None:
-    """A journal line's index, read from the bytes batchrun writes first (`{"index":N,`)
-    without decoding the reply after it; any other line is decoded."""
-    if raw.startswith(b'{"index":'):
-        end = raw.find(b",", 9, 40)
-        if end > 9 and raw[9:end].isdigit():
-            return int(raw[9:end])
-    record = Record.parse(raw)
-    return None if record is None else record.index
 
 
 def reread_output(paths: Paths, where: int) -> str | None:

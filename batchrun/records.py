@@ -30,6 +30,7 @@ __all__ = [
     "error_record",
     "ok_record",
     "reply_content",
+    "stored_index",
     "usage_count",
 ]
 
@@ -156,6 +157,17 @@ def error_record(
         if expectation.slice is not None:
             record["slice"] = expectation.slice
     return Completed(line.index, orjson.dumps(record), failed=True)
+
+
+def stored_index(raw: bytes) -> int | None:
+    """A stored record's index, read from the bytes batchrun writes first (`{"index":N,`)
+    without decoding the reply after it; any other line is decoded (None: no index)."""
+    if raw.startswith(b'{"index":'):
+        end = raw.find(b",", 9, 40)
+        if end > 9 and raw[9:end].isdigit():
+            return int(raw[9:end])
+    record = Record.parse(raw)
+    return None if record is None else record.index
 
 
 def reply_content(response: object) -> str | None:

@@ -23,7 +23,7 @@ from rich.text import Text
 from .errors import ConfigError
 from .outdir import Paths
 from .prices import PriceTable, format_usd
-from .records import Record
+from .records import Record, stored_index
 from .report_eval import EvalTally, eval_table
 from .report_timeline import Timeline
 from .summary import Totals, cost_section, percentiles
@@ -186,7 +186,7 @@ class _Reading:
             for line in stream:
                 if not line.endswith(b"\n"):
                     break  # the last line: torn by a kill, or still being written
-                index = _index_of(line)
+                index = stored_index(line)
                 if index is None:
                     self.unreadable += 1
                 elif after <= index < self.requests:
@@ -225,17 +225,6 @@ class _Reading:
                     "message": message[:MESSAGE_CHARS],
                 }
             )
-
-
-def _index_of(raw: bytes) -> int | None:
-    """A journal line's index, read from the bytes batchrun writes first (`{"index":N,`)
-    without decoding the reply after it; any other line is decoded (as diff.py reads it)."""
-    if raw.startswith(b'{"index":'):
-        end = raw.find(b",", 9, 40)
-        if end > 9 and raw[9:end].isdigit():
-            return int(raw[9:end])
-    record = Record.parse(raw)
-    return None if record is None else record.index
 
 
 def render_report(report: OutdirReport, console: Console) -> None:

@@ -46,17 +46,19 @@ def marks(line: dict[str, Any]) -> dict[str, int] | None:
     return {"exact": int(reply == answer), "contains": int(answer in reply)}
 
 
-def write_job(folder: Path, rows: Iterable[dict[str, Any]], extra: str = "") -> Path:
-    write_jsonl(folder / "rows.jsonl", rows)
-    job = folder / "job.toml"
-    job.write_text(
-        f"""\
+def job_text(
+    scorers: list[str] = SCORERS, extra: str = "", model: str = "mistral-small-latest"
+) -> str:
+    """An eval job over rows.jsonl beside it: each row's `mock` column is its request's
+    `metadata.mock` (the reply the mock gives), `answer` the expected one, `topic` the
+    slice; `extra` goes in the [eval] table."""
+    return f"""\
 [input]
 path = "rows.jsonl"
 id = "qid"
 
 [request]
-model = "mistral-small-latest"
+model = "{model}"
 metadata = {{ mock = "{{mock}}" }}
 
 [[messages]]
@@ -65,14 +67,18 @@ content = "{{q}}"
 
 [eval]
 expected = "answer"
-scorers = {orjson.dumps(SCORERS).decode()}
+scorers = {orjson.dumps(scorers).decode()}
 slice = "topic"
 {extra}
 [run]
 max_attempts = 1
-""",
-        encoding="utf-8",
-    )
+"""
+
+
+def write_job(folder: Path, rows: Iterable[dict[str, Any]], extra: str = "") -> Path:
+    write_jsonl(folder / "rows.jsonl", rows)
+    job = folder / "job.toml"
+    job.write_text(job_text(extra=extra), encoding="utf-8")
     return job
 
 

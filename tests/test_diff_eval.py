@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner, Result
+from evaljob import job_text
 from jsonl import MODEL, write_jsonl
 
 from batchrun.cli import main
@@ -48,30 +49,6 @@ TONIGHT = [
 ]
 
 
-def job(scorers: list[str]) -> str:
-    return f"""\
-[input]
-path = "rows.jsonl"
-id = "qid"
-
-[request]
-model = "{MODEL}"
-metadata = {{ mock = "{{mock}}" }}
-
-[[messages]]
-role = "user"
-content = "{{q}}"
-
-[eval]
-expected = "answer"
-scorers = {orjson.dumps(scorers).decode()}
-slice = "topic"
-
-[run]
-max_attempts = 1
-"""
-
-
 def eval_run(
     server: MockServer,
     tmp_path: Path,
@@ -82,7 +59,9 @@ def eval_run(
     folder = tmp_path / f"{name}-job"
     folder.mkdir()
     write_jsonl(folder / "rows.jsonl", rows)
-    (folder / "job.toml").write_text(job(scorers or ["exact", "contains"]), encoding="utf-8")
+    (folder / "job.toml").write_text(
+        job_text(scorers or ["exact", "contains"], model=MODEL), encoding="utf-8"
+    )
     out = tmp_path / name
     argv = ["run", str(folder / "job.toml"), "--base-url", server.url, "-o", str(out), "-q"]
     result = CliRunner().invoke(main, argv, env=ENV)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import evaljob
 import orjson
 import pytest
 from click.testing import CliRunner, Result
@@ -54,27 +55,7 @@ EXPECTED = {
 
 
 def job_text(scorers: list[str] = SCORERS, extra: str = "") -> str:
-    return f"""\
-[input]
-path = "rows.jsonl"
-id = "qid"
-
-[request]
-model = "mistral-small-latest"
-metadata = {{ mock = "{{mock}}" }}
-
-[[messages]]
-role = "user"
-content = "{{q}}"
-
-[eval]
-expected = "answer"
-scorers = {orjson.dumps(scorers).decode()}
-slice = "topic"
-{extra}
-[run]
-max_attempts = 1
-"""
+    return evaljob.job_text(scorers, extra)
 
 
 def write_job(folder: Path, text: str | None = None, rows: list[Any] | None = None) -> Path:

@@ -85,15 +85,20 @@ def test_a_finished_eval_run_reports_its_summary_scores_from_the_records(
     assert "0.9*" in text  # under its bar
 
 
-def test_a_killed_eval_run_reports_the_scores_of_the_lines_it_finished(
-    mock_server: Factory, tmp_path: Path
-) -> None:
-    rows = [row(i) for i in range(300)]
+def killed_eval_run(server: MockServer, tmp_path: Path) -> Path:
+    """The OUTDIR of a 300-line eval job killed -9 once 20 lines are journaled."""
     out = tmp_path / "out"
-    proc = start_job(write_job(tmp_path, rows), mock_server(latency_ms=30), out, "-c", "4")
+    proc = start_job(write_job(tmp_path, [row(i) for i in range(300)]), server, out, "-c", "4")
     wait_for(lambda: journaled(out) >= 20)
     proc.send_signal(signal.SIGKILL)
     finish(proc)
+    return out
+
+
+def test_a_killed_eval_run_reports_the_scores_of_the_lines_it_finished(
+    mock_server: Factory, tmp_path: Path
+) -> None:
+    out = killed_eval_run(mock_server(latency_ms=30), tmp_path)
     assert not (out / "summary.json").exists(), "the kill missed the run"
     before = snapshot(out)
 
@@ -102,7 +107,7 @@ def test_a_killed_eval_run_reports_the_scores_of_the_lines_it_finished(
     assert snapshot(out) == before
     done = [r["custom_id"] for r in latest_by_index(out).values()]
     assert 20 <= len(done) < 300
-    by_qid = {r["qid"]: r for r in rows}
+    by_qid = {r["qid"]: r for r in (row(i) for i in range(300))}
     assert found["counts"]["done"] == len(done)
     assert reported(found["eval"]) == tally(by_qid, done)
     # No summary.json: the scorers come from the records, and there is no bar to tell.

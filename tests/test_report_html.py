@@ -6,7 +6,6 @@ on a killed run too; untrusted bytes shown as text and never run; the message wh
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,9 +17,8 @@ import pytest
 from browser import CHROMIUM, visit
 from evaljob import row, write_job
 from jsonl import read_jsonl, write_jsonl
-from processes import finish
-from test_report import journaled, report, report_json, snapshot, wait_for
-from test_report_eval import run_job, start_job
+from test_report import report, report_json, snapshot
+from test_report_eval import killed_eval_run, run_job
 
 from batchrun.mock import MockServer
 from batchrun.outcome import EXIT_BELOW_BAR
@@ -119,12 +117,7 @@ def test_the_page_of_an_eval_run_draws_every_chart_offline(
 def test_the_page_of_a_killed_run_shows_what_it_finished(
     mock_server: Factory, tmp_path: Path
 ) -> None:
-    rows = [row(i) for i in range(300)]
-    out = tmp_path / "out"
-    proc = start_job(write_job(tmp_path, rows), mock_server(latency_ms=30), out, "-c", "4")
-    wait_for(lambda: journaled(out) >= 20)
-    proc.send_signal(signal.SIGKILL)
-    finish(proc)
+    out = killed_eval_run(mock_server(latency_ms=30), tmp_path)
     before = snapshot(out)
     page = tmp_path / "killed.html"
 
