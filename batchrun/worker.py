@@ -194,24 +194,15 @@ class Worker:
         self._guard(self.guards.completed(request.tokens, spent, failed=False))
         ttft = None if reply.ttft_s is None else reply.ttft_s * 1000
         latency = (time.perf_counter() - started) * 1000
-        if schema is None:
-            return ok_record(
-                request,
-                reply.response,
-                attempts=attempts,
-                latency_ms=latency,
-                ttft_ms=ttft,
-                throttled=throttled,
-            )
         return ok_record(
             request,
             reply.response,
             attempts=attempts,
             latency_ms=latency,
             ttft_ms=ttft,
-            parsed=schema.parsed,
-            schema_attempts=schema.asks,
-            discarded_usage=schema.discarded_usage(),
+            parsed=None if schema is None else schema.parsed,
+            schema_attempts=None if schema is None else schema.asks,
+            discarded_usage=None if schema is None else schema.discarded_usage(),
             throttled=throttled,
         )
 
@@ -239,17 +230,13 @@ class Worker:
         spent = 0 if schema is None else schema.discarded["total_tokens"]
         self._guard(self.guards.completed(request.tokens, spent, failed=True))
         latency = (time.perf_counter() - started) * 1000 if started else None
-        if schema is None:
-            return error_record(
-                request, error, attempts=attempts, latency_ms=latency, throttled=throttled
-            )
         return error_record(
             request,
             error,
             attempts=attempts,
             latency_ms=latency,
-            schema_attempts=schema.asks,
-            discarded_usage=schema.discarded_usage(),
+            schema_attempts=None if schema is None else schema.asks,
+            discarded_usage=None if schema is None else schema.discarded_usage(),
             throttled=throttled,
         )
 
