@@ -25,9 +25,10 @@ from typing import Any
 
 import orjson
 
+from .journal import latest_lines
 from .outdir import Paths
 from .prices import PriceTable, Tokens
-from .records import Record, stored_index
+from .records import Record
 from .summary import Totals, cost_section, percentiles
 
 __all__ = ["Key", "Line", "RunFigures", "ScoreMarks", "read_lines", "reread_output"]
@@ -224,17 +225,10 @@ def _sources(paths: Paths, complete: list[int]) -> Iterator[tuple[Iterable[bytes
             yield stream, 0, 0
     if not paths.journal.exists():
         return
-    beyond: dict[int, int] = {}
     with paths.journal.open("rb") as stream:
-        offset = 0
-        for raw in stream:
-            index = stored_index(raw)
-            if index is not None and index >= complete[0]:
-                beyond[index] = offset
-            offset += len(raw)
-        for index in sorted(beyond):
-            stream.seek(beyond[index])
-            yield [stream.readline()], beyond[index], 1
+        for _, offset in latest_lines(stream, complete[0])[0]:
+            stream.seek(offset)
+            yield [stream.readline()], offset, 1
 
 
 def reread_output(paths: Paths, where: int) -> str | None:

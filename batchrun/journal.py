@@ -14,12 +14,13 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
 from .errors import Aborted, ResumeRefused
 from .outdir import FILE_MODE, Paths, write_all, write_failed, writing
-from .records import Completed, Record
+from .records import Completed, Record, stored_index
 
 __all__ = [
     "REDACTED",
@@ -29,6 +30,7 @@ __all__ = [
     "SentLog",
     "count_resent",
     "journal_records",
+    "latest_lines",
 ]
 
 REDACTED = b"[REDACTED]"
@@ -151,6 +153,28 @@ def journal_records(path: Path, requests: int) -> Iterator[tuple[int, int, int, 
                 )
             yield index, offset, len(line), record
             offset += len(line)
+
+
+def latest_lines(
+    stream: BinaryIO, first: int, end: int | None = None
+) -> tuple[list[tuple[int, int]], int]:
+    """For readers that never refuse (report, diff): where the latest journal line of
+    each index in [first, end) starts, as (index, offset) in index order, and how many
+    lines name no index (no record at all). A resent line counts as its latest record;
+    the last line without a newline (torn by a kill, or still being written) is none.
+    Only each line's leading index bytes are read (`stored_index`)."""
+    latest: dict[int, int] = {}
+    unreadable = offset = 0
+    for line in stream:
+        if not line.endswith(b"\n"):
+            break
+        index = stored_index(line)
+        if index is None:
+            unreadable += 1
+        elif index >= first and (end is None or index < end):
+            latest[index] = offset
+        offset += len(line)
+    return sorted(latest.items()), unreadable
 
 
 def _parse_record(line: bytes, number: int, path: Path, *, last: bool) -> Record:

@@ -21,9 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import ConfigError
+from .journal import latest_lines
 from .outdir import Paths
 from .prices import PriceTable, format_usd
-from .records import Record, stored_index
+from .records import Record
 from .report_eval import EvalTally, eval_table
 from .report_timeline import Timeline
 from .summary import Totals, cost_section, percentiles
@@ -181,19 +182,10 @@ class _Reading:
         except FileNotFoundError:
             return
         with stream:
-            latest: dict[int, int] = {}
-            offset = 0
-            for line in stream:
-                if not line.endswith(b"\n"):
-                    break  # the last line: torn by a kill, or still being written
-                index = stored_index(line)
-                if index is None:
-                    self.unreadable += 1
-                elif after <= index < self.requests:
-                    latest[index] = offset
-                offset += len(line)
-            for index in sorted(latest):
-                stream.seek(latest[index])
+            spans, unreadable = latest_lines(stream, after, self.requests)
+            self.unreadable += unreadable
+            for _, offset in spans:
+                stream.seek(offset)
                 self._add(Record.parse(stream.readline()))
 
     def _add(self, record: Record | None) -> None:
